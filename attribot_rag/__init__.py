@@ -1,0 +1,34 @@
+"""attribot-rag: which retrieved sources did a RAG answer actually use?
+
+Leave-one-out context attribution made cheap (AttriBoT: KV-cache reuse, batched ablations,
+hierarchical attribution, proxy models, proxy pruning), with ranked citations.
+"""
+
+from .attributor import PRESETS, Attributor, Strategy
+from .engine import Cost, LikelihoodEngine
+from .errors import (
+    AttribotError,
+    ConfigError,
+    ContextTooLongError,
+    DocsFileError,
+    EmptyAnswerError,
+    InputError,
+    ModelError,
+    NoSourcesError,
+    ProxyEncodingError,
+    UnknownModelError,
+)
+from .models import DEFAULT_MODEL, REGISTRY, LoadedModel, load_model
+from .prompt import PromptBuilder, PromptTemplate
+from .result import AttributionResult, Citation, SpanScore
+from .spans import Sentence, Source, split_source, split_text
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttribotError", "AttributionResult", "Attributor", "Citation", "ConfigError", "ContextTooLongError",
+    "Cost", "DEFAULT_MODEL", "DocsFileError", "EmptyAnswerError", "InputError", "LikelihoodEngine",
+    "LoadedModel", "ModelError", "NoSourcesError", "PRESETS", "PromptBuilder", "PromptTemplate",
+    "ProxyEncodingError", "REGISTRY", "Sentence", "Source", "SpanScore", "Strategy", "UnknownModelError",
+    "load_model", "split_source", "split_text",
+]

@@ -1,0 +1,341 @@
+"""The attributor: strategies (exact, hierarchical, proxy, pruning) over the likelihood engine.
+
+Data flows one way: sources -> sentences -> prompt token ids (:mod:`.prompt`) -> per-token
+log-probs under each ablation (:mod:`.engine`) -> span scores (here) -> citations
+(:mod:`.result`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .engine import Cost, LikelihoodEngine
+from .errors import ConfigError, ContextTooLongError, EmptyAnswerError, NoSourcesError
+from .models import DEFAULT_MODEL, LoadedModel, describe_tokenizer_pair, load_model
+from .prompt import Ablation, PromptBuilder, PromptTemplate
+from .result import NOT_SCORED, AttributionResult, SpanScore
+from .spans import DEFAULT_MAX_SENTENCE_TOKENS, Sentence, SourceLike, as_sources, split_source, split_text
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """How to spend forward passes. Compose the AttriBoT tricks by setting fields.
+
+    Args:
+        level: ``"sentence"`` (flat LOO over every sentence), ``"hierarchical"`` (document
+            LOO first, then sentences only inside the kept documents) or ``"document"``.
+        keep_top_k: hierarchical: keep the k highest-scoring documents (``None`` = no cap).
+        keep_share: hierarchical: keep the fewest top documents holding this share of the
+            positive document score (``None`` = no share rule). Both ``None`` keeps all.
+        proxy: score with the proxy model instead of the target.
+        prune_top_k: proxy pruning: the proxy ranks sentences and the target rescores only the
+            best ``prune_top_k`` (implies ``proxy``).
+        engine_mode: ``"batched"``, ``"serial"`` (one cached ablation at a time) or ``"exact"``.
+    """
+
+    level: str = "hierarchical"
+    keep_top_k: int | None = 3
+    keep_share: float | None = None
+    proxy: bool = False
+    prune_top_k: int | None = None
+    engine_mode: str = "batched"
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        if self.level not in ("sentence", "hierarchical", "document"):
+            raise ConfigError(f"unknown level {self.level!r}: use 'sentence', 'hierarchical' or 'document'")
+        if self.keep_top_k is not None and self.keep_top_k < 1:
+            raise ConfigError("keep_top_k must be >= 1 (or None)")
+        if self.keep_share is not None and not 0 < self.keep_share <= 1:
+            raise ConfigError("keep_share must be in (0, 1] (or None)")
+        if self.prune_top_k is not None and self.prune_top_k < 1:
+            raise ConfigError("prune_top_k must be >= 1 (or None)")
+
+    @property
+    def uses_proxy(self) -> bool:
+        return self.proxy or self.prune_top_k is not None
+
+
+PRESETS: dict[str, Strategy] = {
+    "exact": Strategy(level="sentence", engine_mode="exact", name="exact"),
+    "serial": Strategy(level="sentence", engine_mode="serial", name="serial"),
+    "batched": Strategy(level="sentence", name="batched"),
+    "hierarchical": Strategy(level="hierarchical", keep_top_k=3, name="hierarchical"),
+    "documents": Strategy(level="document", name="documents"),
+    "proxy": Strategy(level="sentence", proxy=True, name="proxy"),
+    "proxy-hierarchical": Strategy(level="hierarchical", keep_top_k=3, proxy=True, name="proxy-hierarchical"),
+    "proxy-prune": Strategy(level="hierarchical", keep_top_k=3, prune_top_k=8, name="proxy-prune"),
+}
+
+
+def resolve_strategy(strategy: str | Strategy, has_proxy: bool) -> Strategy:
+    """A preset name or a :class:`Strategy`; ``"auto"`` picks the recommended default."""
+    if isinstance(strategy, Strategy):
+        s = strategy
+    elif strategy == "auto":
+        s = PRESETS["proxy-prune" if has_proxy else "hierarchical"]
+    elif strategy in PRESETS:
+        s = PRESETS[strategy]
+    else:
+        raise ConfigError(f"unknown strategy {strategy!r}: use 'auto', {', '.join(PRESETS)}, or a Strategy")
+    if s.uses_proxy and not has_proxy:
+        raise ConfigError(f"strategy {s.name!r} needs a proxy model: pass proxy=... to the Attributor")
+    return s
+
+
+@dataclass
+class _Scores:
+    """Per-span token-level drops from one model, reduced per answer sentence."""
+
+    total: torch.Tensor  # [n_ablations]
+    per_sentence: torch.Tensor  # [n_ablations, n_answer_sentences]
+
+
+class _Scorer:
+    """One model with its prompt builder and engine; scores ablations of one answer."""
+
+    def __init__(self, loaded: LoadedModel, template: PromptTemplate, engine: LikelihoodEngine, strict: bool):
+        self.loaded = loaded
+        self.builder = PromptBuilder(loaded.tokenizer, template)
+        self.engine = engine
+        self.strict = strict  # a proxy must encode the answer text exactly
+
+    @property
+    def name(self) -> str:
+        return self.loaded.name
+
+    def score(
+        self, question: str, sources, answer: str, answer_sentences: list[Sentence],
+        ablations: Sequence[Ablation], mode: str, cost: Cost, desc: str, memo: dict,
+    ) -> _Scores:
+        enc = self.builder.encode_answer(answer, strict=self.strict)
+        prompt = self.builder.encode_prompt(question, sources)
+        window = self.loaded.context_window
+        if window is not None and len(prompt) + len(enc.ids) > window:
+            raise ContextTooLongError(
+                f"prompt ({len(prompt)} tokens) + answer ({len(enc.ids)}) exceed {self.name}'s context "
+                f"window of {window} tokens: pass fewer or shorter sources, or use a longer-context model"
+            )
+        variants = [self.builder.encode_prompt(question, sources, a) for a in ablations]
+        # The full prompt's pass (and KV cache) is shared by every pass of this attribution call.
+        if mode != "exact" and id(self) not in memo:
+            memo[id(self)] = self.engine.prefill(prompt, enc.ids, cost=cost)
+        full, ablated = self.engine.answer_logprobs(
+            prompt, variants, enc.ids, mode=mode, cost=cost, prefill=memo.get(id(self)), desc=desc
+        )
+        drops = full[None, :] - ablated  # [n_ablations, n_tokens]
+        # Each answer token belongs to the answer sentence whose segment holds its first char.
+        seg_ends = torch.tensor([s.seg_end for s in answer_sentences])
+        starts = torch.tensor([a for a, _ in enc.offsets])
+        owner = torch.clamp(torch.searchsorted(seg_ends, starts, right=True), max=len(answer_sentences) - 1)
+        per_sentence = torch.zeros(len(ablations), len(answer_sentences)).index_add_(1, owner, drops)
+        return _Scores(total=drops.sum(dim=1), per_sentence=per_sentence)
+
+
+def _as_loaded(model, device, dtype) -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, tuple) and len(model) == 2:
+        m, tok = model
+        return LoadedModel(name=getattr(m.config, "_name_or_path", None) or type(m).__name__, model=m, tokenizer=tok)
+    return load_model(model, device=device, dtype=dtype)
+
+
+class Attributor:
+    """Cites which retrieved sources (and sentences) an answer used, by leave-one-out.
+
+    Args:
+        target: the model whose answer is attributed: a short name (default
+            ``"smollm2-135m"``), a local folder / ``.gguf`` / Hub id, a :class:`LoadedModel`, or
+            a ``(model, tokenizer)`` pair.
+        proxy: an optional smaller model (same forms). With the target's tokenizer it reuses
+            the token ids; otherwise it re-tokenizes the answer text, which also lets it
+            attribute answers written by API models.
+        strategy: a preset name (``"auto"``, ``"exact"``, ``"serial"``, ``"batched"``,
+            ``"hierarchical"``, ``"documents"``, ``"proxy"``, ``"proxy-hierarchical"``,
+            ``"proxy-prune"``) or a :class:`Strategy`.
+        template: how the prompt is rendered (:class:`PromptTemplate`); it must match how the
+            answer was generated for target scores to be the model's own.
+        max_batch_tokens / max_batch_size: the engine's memory caps (see :class:`LikelihoodEngine`).
+        max_sentence_tokens: sentences longer than this (cl100k tokens) are cut by budget.
+        progress: tqdm progress bars over ablation batches.
+
+    Example:
+        >>> attributor = Attributor("smollm2-135m")
+        >>> result = attributor.attribute("Who wrote Hamlet?", ["Hamlet is a play by Shakespeare."])
+        >>> result.citations(top_k=3)
+    """
+
+    def __init__(
+        self,
+        target=DEFAULT_MODEL,
+        proxy=None,
+        *,
+        strategy: str | Strategy = "auto",
+        template: PromptTemplate | None = None,
+        device: str | None = None,
+        dtype=None,
+        max_batch_tokens: int | None = None,
+        max_batch_size: int | None = None,
+        max_sentence_tokens: int | None = DEFAULT_MAX_SENTENCE_TOKENS,
+        progress: bool = False,
+    ) -> None:
+        self.template = template or PromptTemplate()
+        self.max_sentence_tokens = max_sentence_tokens
+        engine_kw = dict(max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size, progress=progress)
+        t = _as_loaded(target, device, dtype)
+        self.target = _Scorer(t, self.template, LikelihoodEngine(t.model, **engine_kw), strict=False)
+        self.proxy: _Scorer | None = None
+        self.tokenizer_path: str | None = None
+        if proxy is not None:
+            p = _as_loaded(proxy, device, dtype)
+            self.tokenizer_path = describe_tokenizer_pair(t, p)
+            # A proxy sharing the tokenizer reads the same ids; any other must encode the text.
+            strict = self.tokenizer_path != "shared"
+            self.proxy = _Scorer(p, self.template, LikelihoodEngine(p.model, **engine_kw), strict=strict)
+        self.strategy = resolve_strategy(strategy, self.proxy is not None)
+
+    # ------------------------------------------------------------------ generation
+    @torch.inference_mode()
+    def generate(self, question: str, sources: Iterable[SourceLike], max_new_tokens: int = 128) -> str:
+        """Greedy answer from the target model, with the same prompt attribution uses."""
+        srcs = self._prepare(sources)
+        return self._generate(question, srcs, max_new_tokens)[0]
+
+    def _generate(self, question: str, sources, max_new_tokens: int) -> tuple[str, float]:
+        start = time.perf_counter()
+        loaded = self.target.loaded
+        ids = self.target.builder.encode_prompt(question, sources)
+        window = loaded.context_window
+        if window is not None and len(ids) + max_new_tokens > window:
+            raise ContextTooLongError(
+                f"prompt ({len(ids)} tokens) + {max_new_tokens} new tokens exceed {loaded.name}'s context "
+                f"window of {window}: pass fewer or shorter sources"
+            )
+        input_ids = torch.tensor([ids], device=loaded.device)
+        out = loaded.model.generate(
+            input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
+            do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id or loaded.tokenizer.eos_token_id,
+        )
+        answer = loaded.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip()
+        if not answer:
+            raise EmptyAnswerError(f"{loaded.name} generated an empty answer: pass the answer text explicitly")
+        return answer, time.perf_counter() - start
+
+    # ------------------------------------------------------------------ attribution
+    def _prepare(self, sources: Iterable[SourceLike]):
+        srcs = as_sources(sources)
+        if not srcs:
+            raise NoSourcesError("no sources to attribute to: pass the retrieved documents")
+        return [split_source(s, self.max_sentence_tokens) for s in srcs]
+
+    def attribute(
+        self,
+        question: str,
+        sources: Iterable[SourceLike],
+        answer: str | None = None,
+        *,
+        strategy: str | Strategy | None = None,
+        max_new_tokens: int = 128,
+    ) -> AttributionResult:
+        """Attribute ``answer`` (generated by the target when ``None``) to ``sources``.
+
+        Sources may be :class:`~attribot_rag.spans.Source` objects, strings, or dicts with
+        ``id``/``text`` (or pre-split ``sentences``); other dict keys become metadata.
+        """
+        started = time.perf_counter()
+        if not isinstance(question, str) or not question.strip():
+            raise ConfigError("the question is empty: pass the user's question text")
+        strat = self.strategy if strategy is None else resolve_strategy(strategy, self.proxy is not None)
+        srcs = self._prepare(sources)
+        gen_seconds = None
+        if answer is None:
+            answer, gen_seconds = self._generate(question, srcs, max_new_tokens)
+        elif not isinstance(answer, str) or not answer.strip():
+            raise EmptyAnswerError("the answer is empty: pass the answer text, or None to generate one")
+        answer_sentences = split_text(answer, None)
+        costs: dict[str, Cost] = {}
+        docs, sents = self._run(strat, question, srcs, answer, answer_sentences, costs)
+        timing = {
+            "total_seconds": time.perf_counter() - started,
+            "generation_seconds": gen_seconds,
+            "models": {name: c.to_dict() for name, c in costs.items()},
+        }
+        return AttributionResult(
+            question=question, answer=answer, sources=srcs, answer_sentences=answer_sentences,
+            document_scores=docs, sentence_scores=sents, strategy=strat.name, timing=timing,
+        )
+
+    def _pass(self, scorer: _Scorer, strat: Strategy, question, srcs, answer, answer_sentences,
+              ablations: list[Ablation], costs: dict[str, Cost], memo: dict, desc: str) -> dict[Ablation, SpanScore]:
+        """Score ``ablations`` with one model; returns a SpanScore per ablation."""
+        if not ablations:
+            return {}
+        cost = costs.setdefault(scorer.name, Cost())
+        scores = scorer.score(question, srcs, answer, answer_sentences, ablations, strat.engine_mode, cost, desc,
+                              memo)
+        return {
+            a: SpanScore(a[0], a[1], float(scores.total[i]), scores.per_sentence[i].tolist(), scorer.name)
+            for i, a in enumerate(ablations)
+        }
+
+    def _run(self, strat: Strategy, question, srcs, answer, answer_sentences, costs):
+        first = self.proxy if strat.uses_proxy else self.target
+        memo: dict = {}  # per-call state only: the attributor is shared across threads
+        args = (strat, question, srcs, answer, answer_sentences)
+        n_ans = len(answer_sentences)
+        all_sents = [(d, k) for d, s in enumerate(srcs) for k in range(len(s.sentences))]
+
+        doc_scores: dict[Ablation, SpanScore] = {}
+        if strat.level in ("hierarchical", "document"):
+            doc_scores = self._pass(first, *args, [(d, None) for d in range(len(srcs))], costs, memo, "documents")
+        if strat.level == "document":
+            chosen: list[Ablation] = []
+        elif strat.level == "hierarchical":
+            keep = _keep_documents([doc_scores[(d, None)].score for d in range(len(srcs))], strat)
+            chosen = [(d, k) for d, k in all_sents if d in keep]
+        else:
+            chosen = all_sents
+        sent_scores = self._pass(first, *args, chosen, costs, memo, "sentences")
+
+        if strat.prune_top_k is not None:
+            shortlist = sorted(sent_scores, key=lambda a: -sent_scores[a].score)[: strat.prune_top_k]
+            rescored = self._pass(self.target, *args, sorted(shortlist), costs, memo, "rescoring")
+            # Only the target's scores are reported: the proxy's scale is not the target's.
+            sent_scores = rescored
+
+        def span(a: Ablation, table: dict[Ablation, SpanScore]) -> SpanScore:
+            return table.get(a) or SpanScore(a[0], a[1], 0.0, [0.0] * n_ans, NOT_SCORED)
+
+        sentences = [[span((d, k), sent_scores) for k in range(len(s.sentences))] for d, s in enumerate(srcs)]
+        if doc_scores:
+            documents = [doc_scores[(d, None)] for d in range(len(srcs))]
+        else:  # no document pass: a document's score is the sum of its sentences' scores
+            documents = [
+                SpanScore(d, None, sum(x.score for x in row),
+                          [sum(x.answer_sentence_scores[j] for x in row) for j in range(n_ans)], "sum of sentences")
+                for d, row in enumerate(sentences)
+            ]
+        return documents, sentences
+
+
+def _keep_documents(scores: list[float], strat: Strategy) -> set[int]:
+    """Documents whose sentences the hierarchical strategy scores."""
+    order = sorted(range(len(scores)), key=lambda d: -scores[d])
+    if strat.keep_share is not None:
+        total = sum(max(s, 0.0) for s in scores)
+        kept, acc = [], 0.0
+        for d in order:
+            if total > 0 and acc >= strat.keep_share * total:
+                break
+            kept.append(d)
+            acc += max(scores[d], 0.0)
+        order = kept
+    if strat.keep_top_k is not None:
+        order = order[: strat.keep_top_k]
+    return set(order)
+

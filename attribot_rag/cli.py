@@ -1,0 +1,130 @@
+"""``attribot-rag`` command line: ``cite`` an answer, list / pull the embedded ``models``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+
+from .docs_io import EXAMPLE_DOCS, EXAMPLE_QUESTION, load_docs
+from .errors import AttribotError
+from .models import DEFAULT_MODEL, REGISTRY
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attribot-rag", description="Which retrieved sources did a RAG answer use? (leave-one-out attribution)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    cite = sub.add_parser("cite", help="attribute an answer to documents and print ranked citations")
+    cite.add_argument("question", nargs="?", default=None,
+                      help="the question (default: the bundled example's question)")
+    cite.add_argument("--docs", default=None,
+                      help="documents: .jsonl ({'id','text',...} per line), .json, or a folder of .txt files "
+                           "(default: the bundled example corpus)")
+    cite.add_argument("--answer", default=None, help="the answer to attribute (default: the target generates one)")
+    cite.add_argument("--target", default=DEFAULT_MODEL, help=f"target model (default {DEFAULT_MODEL})")
+    cite.add_argument("--proxy", default=None, help="optional smaller proxy model")
+    cite.add_argument("--strategy", default="auto",
+                      help="auto, exact, serial, batched, hierarchical, documents, proxy, proxy-hierarchical, "
+                           "proxy-prune")
+    cite.add_argument("--top-k", type=int, default=5, help="citations to print (default 5)")
+    cite.add_argument("--max-new-tokens", type=int, default=96, help="length cap when generating the answer")
+    cite.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: auto)")
+    cite.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: auto)")
+    cite.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    cite.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    models = sub.add_parser("models", help="list or pull the embedded models")
+    msub = models.add_subparsers(dest="action", required=True)
+    msub.add_parser("list", help="list the embedded models")
+    pull = msub.add_parser("pull", help="install and convert an embedded model now")
+    pull.add_argument("name", choices=sorted(REGISTRY))
+    return parser
+
+
+def _cite(args) -> int:
+    from .attributor import Attributor
+
+    if args.top_k < 1:
+        raise AttribotError("--top-k must be >= 1")
+    docs_path = args.docs or EXAMPLE_DOCS
+    question = args.question or (EXAMPLE_QUESTION if args.docs is None else None)
+    if not question:
+        raise AttribotError("give the question as the first argument: attribot-rag cite \"...\" --docs FILE")
+    docs = load_docs(docs_path)
+    attributor = Attributor(
+        args.target, args.proxy, strategy=args.strategy, device=args.device, dtype=args.dtype,
+        progress=not args.no_progress and not args.json,
+    )
+    result = attributor.attribute(question, docs, args.answer, max_new_tokens=args.max_new_tokens)
+    if args.json:
+        d = result.to_dict(top_k=args.top_k)
+        out = {
+            "question": d["question"],
+            "answer": d["answer"],
+            "strategy": d["strategy"],
+            "citations": [
+                {k: c[k] for k in ("rank", "source_id", "sentence", "start", "end", "score", "share",
+                                   "answer_sentences")}
+                for c in d["citations"]
+            ],
+            "sources": [{k: s[k] for k in ("id", "score", "share", "used")} for s in d["sources"]],
+            "timing": d["timing"],
+        }
+        print(json.dumps(out, ensure_ascii=False, indent=2))
+        return 0
+    print(f"Question: {question}\n")
+    print("Answer:   " + textwrap.fill(result.marked_answer(top_k=args.top_k), 100, subsequent_indent="          "))
+    print(f"\nCitations ({result.strategy}; LOO score = drop in answer log-likelihood, nats):")
+    print(f"{'#':>3}  {'source':<24} {'score':>7} {'share':>6}  sentence")
+    for c in result.citations(top_k=args.top_k):
+        src = f"[{c.source_index + 1}] {c.source_id}"[:24]
+        sent = c.sentence if len(c.sentence) <= 70 else c.sentence[:67] + "..."
+        print(f"{c.rank:>3}  {src:<24} {c.score:>7.3f} {c.share:>6.1%}  {sent}")
+    used = {s.id for s in result.used_sources()}
+    print("\nSources used: " + (", ".join(f"[{i + 1}] {s.id}" for i, s in enumerate(result.sources) if s.id in used)
+                                or "none above the threshold"))
+    t = result.timing
+    gen = f", generation {t['generation_seconds']:.1f}s" if t.get("generation_seconds") else ""
+    work = "; ".join(f"{m}: {c['forward_passes']} passes, {c['forward_tokens']} tokens"
+                     for m, c in t["models"].items())
+    print(f"Time: {t['total_seconds']:.1f}s total{gen} ({work})")
+    return 0
+
+
+def _models(args) -> int:
+    from .models import cache_home, pull
+
+    if args.action == "list":
+        print(f"{'name':<20} {'MB':>5}  description   (cache: {cache_home()})")
+        for m in REGISTRY.values():
+            print(f"{m.name:<20} {m.size_mb:>5}  {m.description}")
+        return 0
+    print(pull(args.name, quiet=False))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point. Errors print one clear line and exit non-zero (set ATTRIBOT_DEBUG=1 for tracebacks)."""
+    args = _parser().parse_args(argv)
+    try:
+        return _cite(args) if args.command == "cite" else _models(args)
+    except AttribotError as exc:
+        print(f"attribot-rag: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("attribot-rag: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # never a bare traceback for users
+        if os.environ.get("ATTRIBOT_DEBUG"):
+            raise
+        print(f"attribot-rag: unexpected error: {type(exc).__name__}: {exc} (ATTRIBOT_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

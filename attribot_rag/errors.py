@@ -1,0 +1,43 @@
+"""Typed errors. Every message says what went wrong *and* what to do about it."""
+
+from __future__ import annotations
+
+
+class AttribotError(Exception):
+    """Base class of every error attribot-rag raises on purpose."""
+
+
+class InputError(AttribotError, ValueError):
+    """The caller passed something the library cannot attribute."""
+
+
+class NoSourcesError(InputError):
+    """Attribution was asked for with no retrieved sources."""
+
+
+class EmptyAnswerError(InputError):
+    """The answer to attribute is empty or whitespace only."""
+
+
+class ContextTooLongError(InputError):
+    """The rendered prompt plus answer does not fit the model's context window."""
+
+
+class ProxyEncodingError(InputError):
+    """The proxy model's tokenizer cannot encode the answer text faithfully."""
+
+
+class DocsFileError(InputError):
+    """A documents file (JSONL / JSON / folder) is missing or malformed."""
+
+
+class ConfigError(InputError):
+    """An option or strategy setting is invalid."""
+
+
+class ModelError(AttribotError):
+    """A model could not be found, installed, verified or loaded."""
+
+
+class UnknownModelError(ModelError, ValueError):
+    """The model name is neither a registered short name, a local path nor a Hub id."""

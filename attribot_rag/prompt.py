@@ -1,0 +1,122 @@
+"""Render question + sources into token ids, with and without an ablated span.
+
+The prompt is one user turn (the model's chat template, or a plain template for base models);
+the answer is the assistant turn. Prompt and answer are tokenized separately and concatenated,
+so the answer's token ids are identical under every ablation and log-probs line up position
+for position. An ablation re-renders the prompt without the span's *text* (LOO's definition),
+never a masked token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .errors import ConfigError, EmptyAnswerError, ProxyEncodingError
+from .spans import Source
+
+# (source index, sentence index) removes one sentence; (source index, None) the whole source.
+Ablation = tuple[int, int | None]
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """How a question and its sources become the user turn.
+
+    ``document`` is formatted per kept source with ``index`` (1-based position, stable under
+    ablation so other sources keep their labels), ``title`` (" Title" or "") and ``text``.
+    ``chat`` chooses the tokenizer's chat template: ``None`` = use it when the tokenizer has
+    one, else the ``plain`` template (for base models).
+    """
+
+    instruction: str = "Answer the question using the documents below. Answer in one or two sentences."
+    document: str = "Document [{index}]{title}\n{text}"
+    user: str = "{instruction}\n\n{documents}\n\nQuestion: {question}"
+    plain: str = "{user}\n\nAnswer:"
+    plain_answer_prefix: str = " "
+    system: str | None = None
+    chat: bool | None = None
+
+    def user_turn(self, question: str, sources: Sequence[Source], texts: Sequence[str | None]) -> str:
+        """The user message; ``texts[i] is None`` leaves source ``i`` out entirely."""
+        docs = []
+        for i, (src, text) in enumerate(zip(sources, texts)):
+            if text is None:
+                continue
+            title = f" {src.title}" if src.title else ""
+            docs.append(self.document.format(index=i + 1, title=title, text=text.strip()))
+        return self.user.format(instruction=self.instruction, documents="\n\n".join(docs), question=question)
+
+
+@dataclass(frozen=True)
+class EncodedAnswer:
+    """Answer token ids plus each token's ``[start, end)`` character span in the answer text."""
+
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+
+
+class PromptBuilder:
+    """Turns (question, sources, ablation) into token ids for one tokenizer."""
+
+    def __init__(self, tokenizer, template: PromptTemplate | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.template = template or PromptTemplate()
+        has_chat = bool(getattr(tokenizer, "chat_template", None))
+        if self.template.chat and not has_chat:
+            raise ConfigError(
+                "template.chat=True but this tokenizer has no chat template: "
+                "set chat=None/False to use the plain template, or give the tokenizer one"
+            )
+        self.use_chat = has_chat if self.template.chat is None else self.template.chat
+
+    def prompt_text(self, question: str, sources: Sequence[Source], ablation: Ablation | None = None) -> str:
+        """The full prompt text (up to where the answer starts) with ``ablation`` applied."""
+        texts: list[str | None] = [s.text for s in sources]
+        if ablation is not None:
+            doc, sent = ablation
+            texts[doc] = None if sent is None else sources[doc].without(sources[doc].sentences[sent])
+        user = self.template.user_turn(question, sources, texts)
+        if not self.use_chat:
+            return self.template.plain.format(user=user)
+        messages = [{"role": "user", "content": user}]
+        if self.template.system is not None:
+            messages.insert(0, {"role": "system", "content": self.template.system})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode_prompt(self, question: str, sources: Sequence[Source], ablation: Ablation | None = None) -> list[int]:
+        """Token ids of :meth:`prompt_text`. Chat templates carry their own special tokens."""
+        text = self.prompt_text(question, sources, ablation)
+        return list(self.tokenizer(text, add_special_tokens=not self.use_chat)["input_ids"])
+
+    @property
+    def answer_prefix(self) -> str:
+        """Text glued before the answer (a space after the plain template's "Answer:")."""
+        return "" if self.use_chat else self.template.plain_answer_prefix
+
+    def encode_answer(self, answer: str, *, strict: bool = False) -> EncodedAnswer:
+        """Answer ids and character offsets (into ``answer``).
+
+        ``strict`` checks that the tokens decode back to the answer exactly; a proxy whose
+        tokenizer cannot do that (unknown tokens, lossy normalisation) would score a
+        different text, so it raises :class:`ProxyEncodingError`.
+        """
+        if not answer or not answer.strip():
+            raise EmptyAnswerError("the answer is empty: pass the generated answer text, or None to generate one")
+        prefix = self.answer_prefix
+        enc = self.tokenizer(prefix + answer, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        if not ids:
+            raise ProxyEncodingError("the tokenizer produced no tokens for the answer")
+        if strict:
+            unk = getattr(self.tokenizer, "unk_token_id", None)
+            decoded = self.tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+            if (unk is not None and unk in ids) or decoded != prefix + answer:
+                raise ProxyEncodingError(
+                    "the proxy's tokenizer cannot encode the answer text faithfully "
+                    f"(it round-trips to {decoded[:80]!r}); pick a proxy with a byte-level "
+                    "tokenizer (e.g. 'smollm2-135m') or attribute with the target model"
+                )
+        n = len(prefix)
+        offsets = [(max(a - n, 0), max(b - n, 0)) for a, b in enc["offset_mapping"]]
+        return EncodedAnswer(ids=ids, offsets=offsets)

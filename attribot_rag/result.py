@@ -1,0 +1,169 @@
+"""Attribution results: per-source and per-sentence LOO scores, ranked citations, JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .spans import Sentence, Source
+
+NOT_SCORED = "not scored"  # a span the strategy skipped (pruned / in a dropped document): score 0
+
+
+@dataclass
+class SpanScore:
+    """The LOO score of one span: the answer's log-likelihood drop (nats) when it is removed.
+
+    ``answer_sentence_scores[j]`` is the drop restricted to the tokens of answer sentence ``j``
+    (the same forward passes, summed per sentence). ``scored_by`` names the model that scored
+    it, ``"sum of sentences"`` for a document score derived from its sentences, or
+    ``"not scored"`` when the strategy skipped it (its score is then 0).
+    """
+
+    source_index: int
+    sentence_index: int | None
+    score: float
+    answer_sentence_scores: list[float]
+    scored_by: str
+
+    @property
+    def scored(self) -> bool:
+        return self.scored_by != NOT_SCORED
+
+
+@dataclass
+class Citation:
+    """A ranked sentence citation, with exact offsets into its source's text."""
+
+    rank: int
+    source_index: int
+    source_id: str
+    sentence: str
+    start: int
+    end: int
+    score: float
+    share: float
+    answer_sentences: list[int]
+    scored_by: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _supports(scores: list[float], ratio: float = 0.25) -> list[int]:
+    """Answer sentences a span supports: positive drops within ``ratio`` of its largest one."""
+    top = max(scores, default=0.0)
+    return [j for j, s in enumerate(scores) if s > 0 and s >= ratio * top]
+
+
+def _shares(scores: list[float]) -> list[float]:
+    total = sum(max(s, 0.0) for s in scores)
+    return [max(s, 0.0) / total if total > 0 else 0.0 for s in scores]
+
+
+@dataclass
+class AttributionResult:
+    """What attribution found for one answer.
+
+    ``document_scores[i]`` scores source ``i``; ``sentence_scores[i][k]`` scores sentence ``k``
+    of source ``i``. Scores are in nats of answer log-likelihood; positive = the answer relies
+    on the span. ``timing`` holds wall seconds and each model's forward work.
+    """
+
+    question: str
+    answer: str
+    sources: list[Source]
+    answer_sentences: list[Sentence]
+    document_scores: list[SpanScore]
+    sentence_scores: list[list[SpanScore]]
+    strategy: str
+    timing: dict[str, Any] = field(default_factory=dict)
+
+    def citations(self, top_k: int | None = None, min_score: float = 0.0) -> list[Citation]:
+        """Sentences ranked by score (highest first), those scoring above ``min_score``.
+
+        ``share`` is a sentence's share of the total positive sentence score.
+        """
+        flat = [s for per_doc in self.sentence_scores for s in per_doc]
+        shares = dict(zip(map(id, flat), _shares([s.score for s in flat])))
+        ranked = sorted(
+            (s for s in flat if s.scored and s.score > min_score),
+            key=lambda s: (-s.score, s.source_index, s.sentence_index),
+        )
+        out = []
+        for rank, s in enumerate(ranked[:top_k] if top_k is not None else ranked, start=1):
+            src = self.sources[s.source_index]
+            sent = src.sentences[s.sentence_index]
+            out.append(
+                Citation(
+                    rank=rank, source_index=s.source_index, source_id=src.id, sentence=sent.text,
+                    start=sent.start, end=sent.end, score=s.score, share=shares[id(s)],
+                    answer_sentences=_supports(s.answer_sentence_scores), scored_by=s.scored_by,
+                    metadata=dict(src.metadata),
+                )
+            )
+        return out
+
+    def source_shares(self) -> list[float]:
+        """Each source's share of the total positive document score."""
+        return _shares([d.score for d in self.document_scores])
+
+    def used_mask(self, min_score: float = 0.1, min_share: float | None = None) -> list[bool]:
+        """Which sources the answer used: document score above ``min_score`` nats and, when
+        ``min_share`` is given, at least that share of the total positive score."""
+        shares = self.source_shares()
+        return [
+            d.score > min_score and (min_share is None or sh >= min_share)
+            for d, sh in zip(self.document_scores, shares)
+        ]
+
+    def used_sources(self, min_score: float = 0.1, min_share: float | None = None) -> list[Source]:
+        """The retrieved sources the answer used (see :meth:`used_mask`), in retrieval order."""
+        return [s for s, used in zip(self.sources, self.used_mask(min_score, min_share)) if used]
+
+    def marked_answer(self, top_k: int = 5, per_sentence: int = 3) -> str:
+        """The answer with ``[n]`` markers (n = 1-based source number) after each sentence,
+        from the ``top_k`` citations that support it."""
+        marks: dict[int, list[int]] = {}
+        for c in self.citations(top_k=top_k):
+            for j in c.answer_sentences:
+                nums = marks.setdefault(j, [])
+                if c.source_index + 1 not in nums and len(nums) < per_sentence:
+                    nums.append(c.source_index + 1)
+        out, pos = [], 0
+        for j, s in enumerate(self.answer_sentences):
+            out.append(self.answer[pos : s.end])
+            out.append("".join(f"[{n}]" for n in sorted(marks.get(j, []))))
+            pos = s.end
+        out.append(self.answer[pos:])
+        return "".join(out)
+
+    def to_dict(self, top_k: int | None = None) -> dict[str, Any]:
+        """A JSON-ready dict: ``answer``, ``citations``, ``sources``, ``answer_sentences``, ``timing``."""
+        used = self.used_mask()
+        shares = self.source_shares()
+        return {
+            "question": self.question,
+            "answer": self.answer,
+            "strategy": self.strategy,
+            "citations": [c.to_dict() for c in self.citations(top_k=top_k)],
+            "sources": [
+                {
+                    "id": src.id, "index": i, "score": d.score, "share": sh, "used": u,
+                    "scored_by": d.scored_by, "answer_sentence_scores": d.answer_sentence_scores,
+                    "sentences": [
+                        {"index": s.sentence_index, "score": s.score, "scored_by": s.scored_by}
+                        for s in self.sentence_scores[i]
+                    ],
+                }
+                for i, (src, d, sh, u) in enumerate(zip(self.sources, self.document_scores, shares, used))
+            ],
+            "answer_sentences": [{"index": s.index, "start": s.start, "end": s.end, "text": s.text}
+                                 for s in self.answer_sentences],
+            "timing": self.timing,
+        }
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), **kwargs)

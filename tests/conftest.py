@@ -1,0 +1,55 @@
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+HOTPOT_DEV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hotpotqa" / "dev.jsonl"
+
+
+@pytest.fixture(scope="session")
+def tok():
+    from tiny import tiny_tokenizer
+
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny(tok):
+    from tiny import tiny_model
+
+    from attribot_rag import LoadedModel
+
+    return LoadedModel(name="tiny", model=tiny_model(len(tok)), tokenizer=tok)
+
+
+@pytest.fixture
+def sources():
+    from attribot_rag import Source
+
+    return [
+        Source("paris", "Paris is the capital of France. Berlin is in Germany.", {"title": "Capitals"}),
+        Source("tower", "The Eiffel Tower was built in 1889. Gustave Eiffel built it. The dog is lazy."),
+        Source("fox", "The quick brown fox jumps over the lazy dog."),
+    ]
+
+
+def hotpot_examples(n=None):
+    if not HOTPOT_DEV.exists():
+        pytest.skip(f"HotpotQA data not found at {HOTPOT_DEV}")
+    with open(HOTPOT_DEV) as f:
+        rows = [json.loads(line) for line in f]
+    return rows[:n] if n else rows
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M in fp32 (pulled and converted on first use)."""
+    if os.environ.get("ATTRIBOT_SKIP_REAL_MODELS"):
+        pytest.skip("ATTRIBOT_SKIP_REAL_MODELS is set")
+    from attribot_rag import load_model
+
+    return load_model("smollm2-135m", device="cpu", dtype="fp32")

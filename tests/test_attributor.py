@@ -1,0 +1,178 @@
+"""Strategies, results and errors on a tiny random model (fp32)."""
+
+import json
+
+import pytest
+import torch
+
+from attribot_rag import (
+    Attributor,
+    ConfigError,
+    ContextTooLongError,
+    EmptyAnswerError,
+    LoadedModel,
+    NoSourcesError,
+    ProxyEncodingError,
+    Strategy,
+    UnknownModelError,
+    load_model,
+)
+
+Q = "Who built the tower?"
+A = "Gustave Eiffel built the tower in 1889. Paris is in France."
+
+
+def _flat(result):
+    return [s.score for row in result.sentence_scores for s in row]
+
+
+@pytest.fixture(scope="module")
+def attributor(tiny):
+    return Attributor(tiny, strategy="batched", max_batch_size=8)
+
+
+def test_hierarchical_keep_everything_equals_flat(attributor, sources):
+    flat = attributor.attribute(Q, sources, A, strategy="batched")
+    keep_all = Strategy(level="hierarchical", keep_top_k=None, keep_share=None)
+    hier = attributor.attribute(Q, sources, A, strategy=keep_all)
+    assert _flat(hier) == pytest.approx(_flat(flat), abs=1e-4)
+    assert all(s.scored for row in hier.sentence_scores for s in row)
+
+
+def test_hierarchical_keeps_top_documents(attributor, sources):
+    res = attributor.attribute(Q, sources, A, strategy=Strategy(level="hierarchical", keep_top_k=1))
+    best = max(range(3), key=lambda d: res.document_scores[d].score)
+    for d, row in enumerate(res.sentence_scores):
+        assert all(s.scored == (d == best) for s in row)
+    share = attributor.attribute(Q, sources, A, strategy=Strategy(level="hierarchical", keep_top_k=None,
+                                                                  keep_share=1.0))
+    positive = [d for d in range(3) if share.document_scores[d].score > 0]
+    assert {d for d, row in enumerate(share.sentence_scores) if row[0].scored} >= set(positive)
+
+
+def test_exact_and_cached_strategies_agree(attributor, sources):
+    exact = attributor.attribute(Q, sources, A, strategy="exact")
+    for name in ("serial", "batched"):
+        assert _flat(attributor.attribute(Q, sources, A, strategy=name)) == pytest.approx(_flat(exact), abs=1e-4)
+    assert exact.timing["models"]["tiny"]["forward_passes"] == 1 + sum(len(s.sentences) for s in exact.sources)
+
+
+def test_proxy_with_target_as_proxy_equals_target(tiny, sources):
+    att = Attributor(tiny, proxy=tiny, strategy="proxy")
+    assert att.tokenizer_path == "shared"
+    target = att.attribute(Q, sources, A, strategy="batched")
+    proxy = att.attribute(Q, sources, A, strategy="proxy")
+    assert _flat(proxy) == pytest.approx(_flat(target), abs=1e-4)
+
+
+def test_proxy_pruning_rescores_shortlist_with_target(tok, tiny, sources):
+    from tiny import tiny_model
+
+    other = LoadedModel("other", tiny_model(len(tok), seed=1), tok)
+    att = Attributor(tiny, proxy=other, strategy=Strategy(level="sentence", prune_top_k=3))
+    pruned = att.attribute(Q, sources, A)
+    target = att.attribute(Q, sources, A, strategy="batched")
+    scored = [(a, t) for a, t in zip([s for r in pruned.sentence_scores for s in r],
+                                     [s for r in target.sentence_scores for s in r]) if a.scored]
+    assert len(scored) == 3
+    for p, t in scored:  # the shortlist carries the target's own LOO scores
+        assert p.scored_by == "tiny" and p.score == pytest.approx(t.score, abs=1e-4)
+    assert set(pruned.timing["models"]) == {"tiny", "other"}
+
+
+def test_cross_tokenizer_proxy_retokenizes(tiny, sources):
+    from tiny import tiny_model, tiny_tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    # A different vocabulary (one extra token): the proxy must re-tokenize the answer text.
+    t2 = PreTrainedTokenizerFast(tokenizer_object=tiny_tokenizer().backend_tokenizer, eos_token="<|im_end|>")
+    t2.chat_template = tiny_tokenizer().chat_template
+    t2.add_tokens(["zzzextra"])
+    proxy = LoadedModel("proxy", tiny_model(len(t2), seed=2), t2)
+    att = Attributor(tiny, proxy=proxy, strategy="proxy")
+    assert att.tokenizer_path == "retokenize"
+    res = att.attribute(Q, sources, A)
+    assert all(s.scored_by == "proxy" for row in res.sentence_scores for s in row)
+
+
+def test_per_answer_sentence_scores_sum_to_total(attributor, sources):
+    res = attributor.attribute(Q, sources, A, strategy="hierarchical")
+    assert len(res.answer_sentences) == 2
+    for span in [*res.document_scores, *(s for row in res.sentence_scores for s in row)]:
+        assert sum(span.answer_sentence_scores) == pytest.approx(span.score, abs=1e-4)
+
+
+def test_result_citations_offsets_and_json(attributor, sources):
+    res = attributor.attribute(Q, sources, A, strategy="batched")
+    cites = res.citations()
+    assert cites and [c.rank for c in cites] == list(range(1, len(cites) + 1))
+    assert all(a.score >= b.score for a, b in zip(cites, cites[1:]))
+    for c in cites:
+        assert res.sources[c.source_index].text[c.start : c.end] == c.sentence
+        assert c.score > 0 and 0 < c.share <= 1
+    assert sum(c.share for c in cites) == pytest.approx(1.0)
+    d = json.loads(res.to_json())
+    assert set(d) >= {"answer", "citations", "sources", "timing", "answer_sentences"}
+    assert d["timing"]["models"]["tiny"]["forward_tokens"] > 0
+    used = res.used_sources(min_score=-1e9)
+    assert len(used) == 3 and res.used_sources(min_score=1e9) == []
+    marked = res.marked_answer()
+    assert marked.replace("[1]", "").replace("[2]", "").replace("[3]", "") == A
+
+
+def test_generation_when_no_answer(tiny, sources):
+    att = Attributor(tiny, strategy="documents")
+    res = att.attribute(Q, sources, max_new_tokens=8)
+    assert res.answer and res.timing["generation_seconds"] > 0
+
+
+def test_errors(attributor, tiny, sources, tok):
+    with pytest.raises(NoSourcesError):
+        attributor.attribute(Q, [], A)
+    with pytest.raises(EmptyAnswerError):
+        attributor.attribute(Q, sources, "   ")
+    with pytest.raises(ConfigError, match="question"):
+        attributor.attribute("", sources, A)
+    with pytest.raises(ConfigError, match="unknown strategy"):
+        attributor.attribute(Q, sources, A, strategy="magic")
+    with pytest.raises(ConfigError, match="needs a proxy"):
+        attributor.attribute(Q, sources, A, strategy="proxy-prune")
+    with pytest.raises(ContextTooLongError, match="context window"):
+        attributor.attribute(Q, [{"id": "long", "text": "The dog is lazy. " * 600}], A)
+    with pytest.raises(UnknownModelError, match="smollm2-135m"):
+        load_model("no-such-model")
+    with pytest.raises(UnknownModelError):
+        Attributor("/no/such/folder/model")
+
+
+def test_proxy_that_cannot_encode_the_answer(tiny, sources):
+    from tiny import CHAT_TEMPLATE, tiny_model
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "Document", "Question", "Answer", "the", "tower", "[1]", "Who", "built", "?"]
+    wl = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    wl.pre_tokenizer = pre_tokenizers.Whitespace()
+    ptok = PreTrainedTokenizerFast(tokenizer_object=wl, unk_token="<unk>", eos_token="<unk>")
+    ptok.chat_template = CHAT_TEMPLATE
+    proxy = LoadedModel("wordlevel", tiny_model(len(words), seed=3), ptok)
+    att = Attributor(tiny, proxy=proxy, strategy="proxy")
+    with pytest.raises(ProxyEncodingError, match="cannot encode"):
+        att.attribute(Q, sources, A)
+
+
+def test_local_folder_model_roundtrip(tmp_path, tiny, sources):
+    tiny.model.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    loaded = load_model(tmp_path, device="cpu", dtype="fp32")
+    att = Attributor(loaded, strategy="batched")
+    ref = Attributor(tiny, strategy="batched")
+    assert _flat(att.attribute(Q, sources, A)) == pytest.approx(_flat(ref.attribute(Q, sources, A)), abs=1e-5)
+
+
+def test_bf16_runs(tok, sources):
+    from tiny import tiny_model
+
+    model = tiny_model(len(tok)).to(torch.bfloat16)
+    res = Attributor(LoadedModel("bf16", model, tok), strategy="hierarchical").attribute(Q, sources, A)
+    assert all(torch.isfinite(torch.tensor(s.score)) for s in res.document_scores)
