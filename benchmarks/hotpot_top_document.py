@@ -1,0 +1,69 @@
+"""How often is the top-ranked document a gold supporting document? (HotpotQA, chance = 2/10)
+
+The target model answers each question itself (greedy), then attributes its own answer.
+
+    python -m benchmarks.hotpot_top_document --n 20 --target smollm2-135m --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from attribot_rag import Attributor
+
+from .common import DEFAULT_HOTPOT, hotpot_examples
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--data", default=str(DEFAULT_HOTPOT))
+    ap.add_argument("--n", type=int, default=20)
+    ap.add_argument("--offset", type=int, default=0)
+    ap.add_argument("--target", default="smollm2-135m")
+    ap.add_argument("--strategy", default="auto")
+    ap.add_argument("--dtype", default=None)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args(argv)
+
+    attributor = Attributor(args.target, strategy=args.strategy, dtype=args.dtype)
+    rows, hits, chance = [], 0, 0.0
+    started = time.perf_counter()
+    for ex in hotpot_examples(args.data, args.n, args.offset):
+        res = attributor.attribute(ex["question"], ex["sources"], max_new_tokens=args.max_new_tokens)
+        ranked = sorted(range(len(res.sources)), key=lambda d: -res.document_scores[d].score)
+        top = res.sources[ranked[0]].id
+        hit = top in ex["gold_titles"]
+        hits += hit
+        chance += len(ex["gold_titles"]) / len(res.sources)
+        top_cite = res.citations(top_k=1)
+        rows.append({
+            "id": ex["id"], "question": ex["question"], "answer": res.answer, "gold_answer": ex["answer"],
+            "top_document": top, "gold_documents": sorted(ex["gold_titles"]), "hit": hit,
+            "top_sentence_is_gold": bool(top_cite) and (top_cite[0].source_index, res.sources[
+                top_cite[0].source_index].sentences.index(next(s for s in res.sources[top_cite[0].source_index]
+                                                               .sentences if s.start == top_cite[0].start)))
+            in ex["gold_sentences"],
+            "timing": res.timing,
+        })
+        print(f"{len(rows):>3} hit={hit!s:<5} top={top!r} gold={sorted(ex['gold_titles'])} "
+              f"({res.timing['total_seconds']:.1f}s)", flush=True)
+    n = len(rows)
+    summary = {
+        "target": args.target, "strategy": attributor.strategy.name, "dtype": str(attributor.target.loaded.model.dtype),
+        "examples": n, "top1_document_gold_rate": hits / n, "chance_rate": chance / n,
+        "top1_sentence_gold_rate": sum(r["top_sentence_is_gold"] for r in rows) / n,
+        "seconds_total": time.perf_counter() - started, "data": str(args.data), "offset": args.offset,
+    }
+    print(json.dumps(summary, indent=2))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"hotpot_top_document_{args.target}.json").write_text(json.dumps({"summary": summary, "rows": rows},
+                                                                              indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""The attribot-rag command line, on a tiny local model folder."""
+
+import json
+
+import pytest
+
+from attribot_rag import DocsFileError
+from attribot_rag.cli import main
+from attribot_rag.docs_io import EXAMPLE_DOCS, load_docs
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny):
+    d = tmp_path_factory.mktemp("tiny-model")
+    tiny.model.save_pretrained(d)
+    tiny.tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.fixture
+def docs_file(tmp_path):
+    p = tmp_path / "docs.jsonl"
+    p.write_text("\n".join(json.dumps(d) for d in [
+        {"id": "a", "text": "Paris is the capital of France. Berlin is in Germany.", "url": "http://a"},
+        {"id": "b", "text": "The Eiffel Tower was built in 1889. Gustave Eiffel built it."},
+    ]))
+    return p
+
+
+def _cite(capsys, model_dir, *args):
+    code = main(["cite", "Who built the tower?", "--target", str(model_dir), "--dtype", "fp32",
+                 "--no-progress", *args])
+    return code, capsys.readouterr()
+
+
+def test_cite_json_is_stable(capsys, model_dir, docs_file):
+    code, out = _cite(capsys, model_dir, "--docs", str(docs_file), "--answer", "Gustave Eiffel built it.",
+                      "--json", "--strategy", "batched", "--top-k", "3")
+    assert code == 0, out.err
+    d = json.loads(out.out)
+    assert set(d) == {"question", "answer", "strategy", "citations", "sources", "timing"}
+    assert d["answer"] == "Gustave Eiffel built it."
+    assert len(d["citations"]) <= 3
+    for c in d["citations"]:
+        assert set(c) >= {"source_id", "sentence", "start", "end", "score", "share"}
+    assert [s["id"] for s in d["sources"]] == ["a", "b"]
+    assert all(set(s) == {"id", "score", "share", "used"} for s in d["sources"])
+
+
+def test_cite_table_generates_answer(capsys, model_dir, docs_file):
+    code, out = _cite(capsys, model_dir, "--docs", str(docs_file), "--max-new-tokens", "6")
+    assert code == 0, out.err
+    assert "Citations" in out.out and "Answer:" in out.out
+
+
+@pytest.mark.parametrize("content,suffix,match", [
+    ('{"id": "a", "text": "ok"}\n{not json}\n', ".jsonl", "line 2"),
+    ('{"id": "a"}\n', ".jsonl", "no 'text'"),
+    ('{"text": "no id"}\n', ".jsonl", "no 'id'"),
+    ('{"id": "a", "text": "x"}\n{"id": "a", "text": "y"}\n', ".jsonl", "duplicate"),
+    ('{"documents": 3}', ".json", "list of documents"),
+    ("", ".jsonl", "no documents"),
+    ("id,text\n", ".csv", "unsupported"),
+])
+def test_malformed_docs_files(tmp_path, capsys, model_dir, content, suffix, match):
+    p = tmp_path / f"docs{suffix}"
+    p.write_text(content)
+    with pytest.raises(DocsFileError, match=match):
+        load_docs(p)
+    code, out = _cite(capsys, model_dir, "--docs", str(p))
+    assert code == 2 and "error:" in out.err and "Traceback" not in out.err
+
+
+def test_docs_folder_and_bundled_example(tmp_path):
+    (tmp_path / "one.txt").write_text("First doc. It has two sentences.")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "two.md").write_text("Second doc.")
+    docs = load_docs(tmp_path)
+    assert [d.id for d in docs] == ["one.txt", "sub/two.md"]
+    assert len(load_docs(EXAMPLE_DOCS)) >= 5
+
+
+def test_cli_errors_are_clean(capsys, model_dir, docs_file, tmp_path):
+    assert main(["cite", "Q?", "--docs", str(tmp_path / "missing.jsonl")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    code, out = _cite(capsys, model_dir, "--docs", str(docs_file), "--answer", "  ")
+    assert code == 2 and "answer is empty" in out.err
+    assert main(["cite", "Q?", "--docs", str(docs_file), "--target", "not-a-model"]) == 2
+    assert "unknown model" in capsys.readouterr().err
+
+
+def test_models_list(capsys):
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "smollm2-135m" in out and "qwen2.5-coder-1.5b" in out
