@@ -39,6 +39,7 @@ class Citation:
     rank: int
     source_index: int
     source_id: str
+    sentence_index: int
     sentence: str
     start: int
     end: int
@@ -98,7 +99,8 @@ class AttributionResult:
             sent = src.sentences[s.sentence_index]
             out.append(
                 Citation(
-                    rank=rank, source_index=s.source_index, source_id=src.id, sentence=sent.text,
+                    rank=rank, source_index=s.source_index, source_id=src.id,
+                    sentence_index=s.sentence_index, sentence=sent.text,
                     start=sent.start, end=sent.end, score=s.score, share=shares[id(s)],
                     answer_sentences=_supports(s.answer_sentence_scores), scored_by=s.scored_by,
                     metadata=dict(src.metadata),

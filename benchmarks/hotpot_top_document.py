@@ -43,10 +43,8 @@ def main(argv=None) -> None:
         rows.append({
             "id": ex["id"], "question": ex["question"], "answer": res.answer, "gold_answer": ex["answer"],
             "top_document": top, "gold_documents": sorted(ex["gold_titles"]), "hit": hit,
-            "top_sentence_is_gold": bool(top_cite) and (top_cite[0].source_index, res.sources[
-                top_cite[0].source_index].sentences.index(next(s for s in res.sources[top_cite[0].source_index]
-                                                               .sentences if s.start == top_cite[0].start)))
-            in ex["gold_sentences"],
+            "top_sentence_is_gold": bool(top_cite)
+            and (top_cite[0].source_index, top_cite[0].sentence_index) in ex["gold_sentences"],
             "timing": res.timing,
         })
         print(f"{len(rows):>3} hit={hit!s:<5} top={top!r} gold={sorted(ex['gold_titles'])} "

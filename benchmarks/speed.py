@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from pathlib import Path
 
 import torch
@@ -89,8 +88,8 @@ def main(argv=None) -> None:
         "methods": table,
     }
     lines = [
-        f"| method | s / example | forward tokens / example | x vs exact | x vs cached one-at-a-time | "
-        f"generation / attribution |",
+        "| method | s / example | forward tokens / example | x vs exact | x vs cached one-at-a-time | "
+        "generation / attribution |",
         "|---|---|---|---|---|---|",
     ]
     for name, row in table.items():

@@ -1,4 +1,3 @@
-import json
 import os
 import sys
 from pathlib import Path
@@ -7,7 +6,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-HOTPOT_DEV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hotpotqa" / "dev.jsonl"
 
 
 @pytest.fixture(scope="session")
@@ -35,14 +33,6 @@ def sources():
         Source("tower", "The Eiffel Tower was built in 1889. Gustave Eiffel built it. The dog is lazy."),
         Source("fox", "The quick brown fox jumps over the lazy dog."),
     ]
-
-
-def hotpot_examples(n=None):
-    if not HOTPOT_DEV.exists():
-        pytest.skip(f"HotpotQA data not found at {HOTPOT_DEV}")
-    with open(HOTPOT_DEV) as f:
-        rows = [json.loads(line) for line in f]
-    return rows[:n] if n else rows
 
 
 @pytest.fixture(scope="session")

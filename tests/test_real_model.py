@@ -17,13 +17,11 @@ SHORT_BRIDGE = (123, 104, 178)
 
 
 def _example(i):
-    from benchmarks.common import hotpot_examples
+    from benchmarks.common import DEFAULT_HOTPOT, hotpot_examples
 
-    from conftest import HOTPOT_DEV
-
-    if not HOTPOT_DEV.exists():
-        pytest.skip(f"HotpotQA data not found at {HOTPOT_DEV}")
-    return hotpot_examples(HOTPOT_DEV, n=1, offset=i)[0]
+    if not DEFAULT_HOTPOT.exists():
+        pytest.skip(f"HotpotQA data not found at {DEFAULT_HOTPOT}")
+    return hotpot_examples(DEFAULT_HOTPOT, n=1, offset=i)[0]
 
 
 def test_cached_batched_equals_exact_on_every_sentence(smollm2):
