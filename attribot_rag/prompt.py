@@ -29,9 +29,11 @@ class PromptTemplate:
     one, else the ``plain`` template (for base models).
     """
 
-    instruction: str = "Answer the question using the documents below. Answer in one or two sentences."
+    # Documents first, then the instruction and question: small models given the instruction
+    # first tended to copy the documents ("Document [1] ...") instead of answering.
+    instruction: str = "Using the documents above, answer the question in one short sentence."
     document: str = "Document [{index}]{title}\n{text}"
-    user: str = "{instruction}\n\n{documents}\n\nQuestion: {question}"
+    user: str = "{documents}\n\n{instruction}\n\nQuestion: {question}"
     plain: str = "{user}\n\nAnswer:"
     plain_answer_prefix: str = " "
     system: str | None = None

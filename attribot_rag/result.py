@@ -112,16 +112,19 @@ class AttributionResult:
         """Each source's share of the total positive document score."""
         return _shares([d.score for d in self.document_scores])
 
-    def used_mask(self, min_score: float = 0.1, min_share: float | None = None) -> list[bool]:
-        """Which sources the answer used: document score above ``min_score`` nats and, when
-        ``min_share`` is given, at least that share of the total positive score."""
+    def used_mask(self, min_score: float = 0.1, min_share: float | None = 0.05) -> list[bool]:
+        """Which sources the answer used: document score above ``min_score`` nats and at least
+        ``min_share`` of the total positive document score (``None`` disables the share rule).
+
+        The share rule matters for long answers: summed over many tokens, even an unrelated
+        document's removal shifts the likelihood by more than a fixed threshold."""
         shares = self.source_shares()
         return [
             d.score > min_score and (min_share is None or sh >= min_share)
             for d, sh in zip(self.document_scores, shares)
         ]
 
-    def used_sources(self, min_score: float = 0.1, min_share: float | None = None) -> list[Source]:
+    def used_sources(self, min_score: float = 0.1, min_share: float | None = 0.05) -> list[Source]:
         """The retrieved sources the answer used (see :meth:`used_mask`), in retrieval order."""
         return [s for s, used in zip(self.sources, self.used_mask(min_score, min_share)) if used]
 

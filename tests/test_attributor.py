@@ -114,8 +114,10 @@ def test_result_citations_offsets_and_json(attributor, sources):
     d = json.loads(res.to_json())
     assert set(d) >= {"answer", "citations", "sources", "timing", "answer_sentences"}
     assert d["timing"]["models"]["tiny"]["forward_tokens"] > 0
-    used = res.used_sources(min_score=-1e9)
+    used = res.used_sources(min_score=-1e9, min_share=None)
     assert len(used) == 3 and res.used_sources(min_score=1e9) == []
+    shares = res.source_shares()
+    assert res.used_mask(min_score=-1e9, min_share=0.3) == [sh >= 0.3 for sh in shares]
     marked = res.marked_answer()
     assert marked.replace("[1]", "").replace("[2]", "").replace("[3]", "") == A
 
