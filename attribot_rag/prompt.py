@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from .errors import ConfigError, EmptyAnswerError, ProxyEncodingError
 from .spans import Source
 
+_SENTINEL = "\x00ATTRIBOT_USER_CONTENT\x00"
+
 # (source index, sentence index) removes one sentence; (source index, None) the whole source.
 Ablation = tuple[int, int | None]
 
@@ -72,24 +74,48 @@ class PromptBuilder:
             )
         self.use_chat = has_chat if self.template.chat is None else self.template.chat
 
-    def prompt_text(self, question: str, sources: Sequence[Source], ablation: Ablation | None = None) -> str:
-        """The full prompt text (up to where the answer starts) with ``ablation`` applied."""
+    def _user(self, question: str, sources: Sequence[Source], ablation: Ablation | None) -> str:
         texts: list[str | None] = [s.text for s in sources]
         if ablation is not None:
             doc, sent = ablation
             texts[doc] = None if sent is None else sources[doc].without(sources[doc].sentences[sent])
-        user = self.template.user_turn(question, sources, texts)
+        return self.template.user_turn(question, sources, texts)
+
+    def _frame(self) -> tuple[str, str]:
+        """The text before and after the user turn's content (chat template or plain)."""
         if not self.use_chat:
-            return self.template.plain.format(user=user)
-        messages = [{"role": "user", "content": user}]
+            before, _, after = self.template.plain.partition("{user}")
+            return before, after
+        messages = [{"role": "user", "content": _SENTINEL}]
         if self.template.system is not None:
             messages.insert(0, {"role": "system", "content": self.template.system})
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        before, found, after = text.partition(_SENTINEL)
+        if not found:
+            raise ConfigError("the chat template dropped the user message; pass a PromptTemplate with chat=False")
+        return before, after
+
+    def prompt_text(self, question: str, sources: Sequence[Source], ablation: Ablation | None = None) -> str:
+        """The full prompt text (up to where the answer starts) with ``ablation`` applied."""
+        before, after = self._frame()
+        return before + self._user(question, sources, ablation) + after
 
     def encode_prompt(self, question: str, sources: Sequence[Source], ablation: Ablation | None = None) -> list[int]:
-        """Token ids of :meth:`prompt_text`. Chat templates carry their own special tokens."""
-        text = self.prompt_text(question, sources, ablation)
-        return list(self.tokenizer(text, add_special_tokens=not self.use_chat)["input_ids"])
+        """Token ids of :meth:`prompt_text`.
+
+        The template's frame is tokenized with its special tokens; the user content (documents,
+        question) with special-token strings split into plain text, so a document that contains
+        ``<|im_end|>`` cannot close the turn or inject a role.
+        """
+        before, after = self._frame()
+        tok = self.tokenizer
+        # Chat templates write their own BOS; the plain template gets the tokenizer's (if any).
+        ids = [] if self.use_chat else list(tok("", add_special_tokens=True)["input_ids"])
+        ids += tok(before, add_special_tokens=False)["input_ids"] if before else []
+        user = self._user(question, sources, ablation)
+        ids += tok(user, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        ids += tok(after, add_special_tokens=False)["input_ids"] if after else []
+        return ids
 
     @property
     def answer_prefix(self) -> str:
