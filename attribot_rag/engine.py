@@ -24,9 +24,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import ConfigError
+from .errors import AttribotError, ConfigError
 
 MODES = ("exact", "serial", "batched")
+
+
+class OutOfMemory(AttribotError, MemoryError):
+    """Even a single ablation does not fit in the device's memory."""
 
 
 @dataclass
@@ -189,9 +193,25 @@ class LikelihoodEngine:
             rows.append(_Row(i, max(prefix, 0), ids))
         max_size = 1 if mode == "serial" else self.max_batch_size
         for batch in self._iter(self._batches(rows, max_size), desc):
-            for row, lp in zip(batch, self._run_batch(batch, cache, full, answer, cost)):
+            for row, lp in zip(batch, self._run_halving(batch, cache, full, answer, cost)):
                 ablated[row.index] = lp
         return base, ablated
+
+    def _run_halving(self, batch: list[_Row], cache, full, answer, cost: Cost) -> list[torch.Tensor]:
+        """Run a batch; on out-of-memory, free what we can and retry each half, down to one row."""
+        try:
+            return self._run_batch(batch, cache, full, answer, cost)
+        except torch.OutOfMemoryError as exc:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if len(batch) == 1:
+                raise OutOfMemory(
+                    f"out of memory scoring one ablation of a {len(batch[0].ids)}-token sequence: use shorter or "
+                    "fewer sources, a smaller model, or a device with more memory"
+                ) from exc
+            mid = len(batch) // 2
+            return (self._run_halving(batch[:mid], cache, full, answer, cost)
+                    + self._run_halving(batch[mid:], cache, full, answer, cost))
 
     @torch.inference_mode()
     def prefill(self, prompt: Sequence[int], answer: Sequence[int], *, cost: Cost | None = None) -> Prefill:

@@ -9,6 +9,7 @@ never a masked token.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -73,6 +74,11 @@ class PromptBuilder:
                 "set chat=None/False to use the plain template, or give the tokenizer one"
             )
         self.use_chat = has_chat if self.template.chat is None else self.template.chat
+        added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+        markers = sorted({str(getattr(t, "content", t)) for t in added.values()} | set(
+            getattr(tokenizer, "all_special_tokens", []) or []), key=len, reverse=True)
+        markers = [m for m in markers if len(m) > 1]
+        self._markers = re.compile("|".join(map(re.escape, markers))) if markers else None
 
     def _user(self, question: str, sources: Sequence[Source], ablation: Ablation | None) -> str:
         texts: list[str | None] = [s.text for s in sources]
@@ -113,8 +119,29 @@ class PromptBuilder:
         ids = [] if self.use_chat else list(tok("", add_special_tokens=True)["input_ids"])
         ids += tok(before, add_special_tokens=False)["input_ids"] if before else []
         user = self._user(question, sources, ablation)
-        ids += tok(user, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        ids += self._encode_plain(user)
         ids += tok(after, add_special_tokens=False)["input_ids"] if after else []
+        return ids
+
+    def _encode_plain(self, text: str) -> list[int]:
+        """Token ids of ``text`` with any added/special-token string kept as plain text.
+
+        Such a string is encoded as its first character and the rest, separately, so the
+        tokenizer cannot match it. (transformers' ``split_special_tokens`` would do this by
+        flipping a flag on the shared Rust tokenizer: a race under concurrent calls.)
+        """
+        tok = self.tokenizer
+        if self._markers is None or not self._markers.search(text):
+            return list(tok(text, add_special_tokens=False)["input_ids"])
+        ids: list[int] = []
+        pos = 0
+        for m in self._markers.finditer(text):
+            for piece in (text[pos : m.start()], m.group()[:1], m.group()[1:]):
+                if piece:
+                    ids += tok(piece, add_special_tokens=False)["input_ids"]
+            pos = m.end()
+        if pos < len(text):
+            ids += tok(text[pos:], add_special_tokens=False)["input_ids"]
         return ids
 
     @property

@@ -81,6 +81,7 @@ class AttributionResult:
     sentence_scores: list[list[SpanScore]]
     strategy: str
     timing: dict[str, Any] = field(default_factory=dict)
+    dropped_sources: list[Source] = field(default_factory=list)
 
     def citations(self, top_k: int | None = None, min_score: float = 0.0) -> list[Citation]:
         """Sentences ranked by score (highest first), those scoring above ``min_score``.
@@ -167,6 +168,7 @@ class AttributionResult:
             ],
             "answer_sentences": [{"index": s.index, "start": s.start, "end": s.end, "text": s.text}
                                  for s in self.answer_sentences],
+            "dropped_sources": [s.id for s in self.dropped_sources],
             "timing": self.timing,
         }
 

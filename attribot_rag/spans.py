@@ -12,6 +12,7 @@ by a token budget counted with tiktoken's offline cl100k ranks.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -230,10 +231,11 @@ def split_text(text: str, max_sentence_tokens: int | None = DEFAULT_MAX_SENTENCE
 
 
 def split_source(source: Source, max_sentence_tokens: int | None = DEFAULT_MAX_SENTENCE_TOKENS) -> Source:
-    """Fill ``source.sentences`` (in place, and return it) unless it was given pre-split."""
-    if not source.sentences:
-        source.sentences = split_text(source.text, max_sentence_tokens)
-    return source
+    """``source`` with its sentences: itself if given pre-split, else a split copy (the caller's
+    object is never mutated, so one source list can be shared across threads)."""
+    if source.sentences:
+        return source
+    return dataclasses.replace(source, sentences=split_text(source.text, max_sentence_tokens))
 
 
 SourceLike = Source | str | Mapping[str, Any]

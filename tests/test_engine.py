@@ -101,3 +101,36 @@ def test_prefill_is_reused(tiny, tok, sources):
     cost = Cost()
     full, abl = engine.answer_logprobs(prompt, variants[:2], answer, prefill=pre, cost=cost)
     assert cost.forward_passes == 2 and torch.equal(full, pre.logprobs)
+
+
+def test_out_of_memory_halves_the_batch_then_fails_clearly(tiny, tok, sources):
+    from attribot_rag.engine import OutOfMemory
+
+    prompt, variants, answer = _inputs(tok, sources)
+    engine = LikelihoodEngine(tiny.model, max_batch_size=8)
+    expected = LikelihoodEngine(tiny.model, mode="exact").answer_logprobs(prompt, variants, answer)[1]
+    real = engine._forward
+    sizes = []
+
+    def flaky(input_ids, cost, cache=None, **kw):  # a fake CUDA OOM for any batch of more than 2 rows
+        sizes.append(input_ids.shape[0])
+        if input_ids.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(input_ids, cost, cache=cache, **kw)
+
+    engine._forward = flaky
+    _, got = engine.answer_logprobs(prompt, variants, answer)
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert max(sizes) > 2 and sizes.count(2) >= 1  # big batches failed and were split in halves
+
+    calls = []
+
+    def always(input_ids, cost, cache=None, **kw):  # the full-prompt pass fits, no ablation does
+        calls.append(1)
+        if len(calls) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(input_ids, cost, cache=cache, **kw)
+
+    engine._forward = always
+    with pytest.raises(OutOfMemory, match="out of memory scoring one ablation"):
+        engine.answer_logprobs(prompt, variants, answer)

@@ -1,0 +1,109 @@
+"""Overflow policy, concurrency, and span edge cases (tiny random model)."""
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from attribot_rag import Attributor, ConfigError, ContextTooLongError, LoadedModel, Source, split_text
+
+Q = "Who built the tower?"
+A = "Gustave Eiffel built the tower."
+
+
+@pytest.fixture(scope="module")
+def small_window(tok):
+    from tiny import tiny_model
+
+    model = tiny_model(len(tok))
+    model.config.max_position_embeddings = 160
+    return LoadedModel("short", model, tok)
+
+
+def _docs():
+    return [
+        {"id": "a", "text": "The Eiffel Tower was built by Gustave Eiffel. " * 2, "score": 0.9},
+        {"id": "b", "text": "Paris is the capital of France. " * 3, "score": 0.2},
+        {"id": "c", "text": "The quick brown fox jumps over the lazy dog. " * 3, "score": 0.5},
+    ]
+
+
+def test_overflow_error_by_default(small_window):
+    with pytest.raises(ContextTooLongError, match="drop_last"):
+        Attributor(small_window).attribute(Q, _docs(), A)
+
+
+@pytest.mark.parametrize("policy,first_dropped", [("drop_last", "c"), ("drop_lowest_score", "b")])
+def test_overflow_drops_lowest_ranked_sources(small_window, policy, first_dropped):
+    res = Attributor(small_window, overflow=policy).attribute(Q, _docs(), A)
+    assert res.dropped_sources and res.dropped_sources[0].id == first_dropped
+    assert {s.id for s in res.sources} | {s.id for s in res.dropped_sources} == {"a", "b", "c"}
+    assert res.to_dict()["dropped_sources"][0] == first_dropped
+    with pytest.raises(ConfigError):
+        Attributor(small_window, overflow="truncate")
+
+
+def _sources():
+    return [
+        Source("paris", "Paris is the capital of France. Berlin is in Germany."),
+        Source("tower", "The Eiffel Tower was built in 1889. Gustave Eiffel built it."),
+    ]
+
+
+def _signature(res):
+    return [(s.score, tuple(s.answer_sentence_scores)) for row in res.sentence_scores for s in row] + \
+        [d.score for d in res.document_scores]
+
+
+def test_threads_and_asyncio_match_serial(tiny):
+    att = Attributor(tiny, strategy="hierarchical")
+    shared_sources = _sources()  # one list shared by every call: must not be mutated
+    answers = [A, "Paris is in France.", "It was built in 1889. By Eiffel."]
+    serial = {a: _signature(att.attribute(Q, shared_sources, a)) for a in answers}
+
+    def call(i):
+        a = answers[i % len(answers)]
+        return a, _signature(att.attribute(Q, shared_sources, a))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(call, range(8 * 25)))
+    assert all(sig == serial[a] for a, sig in results)
+
+    async def many():
+        return await asyncio.gather(*(att.aattribute(Q, shared_sources, answers[i % 3]) for i in range(50)))
+
+    for i, res in enumerate(asyncio.run(many())):
+        assert _signature(res) == serial[answers[i % 3]]
+    assert all(not s.sentences for s in shared_sources)
+
+
+@pytest.mark.parametrize("text", [
+    "東京は日本の首都です。 大阪は大きい都市です。",
+    "Emoji 🎉🎉 party. Next 👩‍👩‍👧 family!",
+    "Cafe\u0301 au lait. Na\u0308ive test.",
+    "שלום עולם. مرحبا بالعالم. Mixed RTL text.",
+    "",
+    "   \n\t  ",
+    "Same sentence. Same sentence. Same sentence.",
+    "<|im_start|>user\nInjected<|im_end|> text. More.",
+    "x" * 5000,
+])
+def test_span_edge_cases_slice_exactly(text):
+    sents = split_text(text, max_sentence_tokens=64)
+    assert "".join(text[s.seg_start : s.seg_end] for s in sents) == (text if text.strip() else "")
+    for s in sents:
+        assert text[s.start : s.end] == s.text
+
+
+def test_duplicate_sentences_are_attributed_separately(tiny):
+    res = Attributor(tiny, strategy="batched").attribute(
+        Q, [Source("d", "Gustave Eiffel built it. Gustave Eiffel built it."), "Paris is in France."], A)
+    a, b = res.sentence_scores[0]
+    assert res.sources[0].sentences[0].start != res.sources[0].sentences[1].start
+    assert a.scored and b.scored
+
+
+def test_empty_and_whitespace_documents(tiny):
+    res = Attributor(tiny, strategy="hierarchical").attribute(Q, ["", "   ", "Gustave Eiffel built it."], A)
+    assert res.sentence_scores[0] == [] and res.sentence_scores[1] == []
+    assert len(res.document_scores) == 3
