@@ -8,6 +8,7 @@ log-probs under each ablation (:mod:`.engine`) -> span scores (here) -> citation
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from .models import DEFAULT_MODEL, LoadedModel, describe_tokenizer_pair, load_mo
 from .prompt import Ablation, PromptBuilder, PromptTemplate
 from .result import NOT_SCORED, AttributionResult, SpanScore
 from .spans import DEFAULT_MAX_SENTENCE_TOKENS, Sentence, Source, SourceLike, as_sources, split_source, split_text
+
+logger = logging.getLogger("attribot_rag")
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,11 @@ class Attributor:
         if proxy is not None:
             p = _as_loaded(proxy, device, dtype)
             self.tokenizer_path = describe_tokenizer_pair(t, p)
+            logger.info(
+                "proxy %s %s", p.name,
+                "shares the target's tokenizer: token ids are reused" if self.tokenizer_path == "shared"
+                else "has a different tokenizer: the answer text is re-tokenized and must round-trip exactly",
+            )
             # A proxy sharing the tokenizer reads the same ids; any other must encode the text.
             strict = self.tokenizer_path != "shared"
             self.proxy = _Scorer(p, self.template, LikelihoodEngine(p.model, **engine_kw), strict=strict)
@@ -276,6 +284,7 @@ class Attributor:
             "total_seconds": time.perf_counter() - started,
             "generation_seconds": gen_seconds,
             "models": {name: c.to_dict() for name, c in costs.items()},
+            "proxy_tokenizer": self.tokenizer_path if strat.uses_proxy else None,
         }
         return AttributionResult(
             question=question, answer=answer, sources=srcs, answer_sentences=answer_sentences,
