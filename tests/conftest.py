@@ -1,25 +1,19 @@
 import os
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 
 
 @pytest.fixture(scope="session")
 def tok():
-    from tiny import tiny_tokenizer
+    from attribot_rag.testing import tiny_tokenizer
 
     return tiny_tokenizer()
 
 
 @pytest.fixture(scope="session")
 def tiny(tok):
-    from tiny import tiny_model
-
     from attribot_rag import LoadedModel
+    from attribot_rag.testing import tiny_model
 
     return LoadedModel(name="tiny", model=tiny_model(len(tok)), tokenizer=tok)
 

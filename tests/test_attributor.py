@@ -66,7 +66,7 @@ def test_proxy_with_target_as_proxy_equals_target(tiny, sources):
 
 
 def test_proxy_pruning_rescores_shortlist_with_target(tok, tiny, sources):
-    from tiny import tiny_model
+    from attribot_rag.testing import tiny_model
 
     other = LoadedModel("other", tiny_model(len(tok), seed=1), tok)
     att = Attributor(tiny, proxy=other, strategy=Strategy(level="sentence", prune_top_k=3))
@@ -81,8 +81,9 @@ def test_proxy_pruning_rescores_shortlist_with_target(tok, tiny, sources):
 
 
 def test_cross_tokenizer_proxy_retokenizes(tiny, sources):
-    from tiny import tiny_model, tiny_tokenizer
     from transformers import PreTrainedTokenizerFast
+
+    from attribot_rag.testing import tiny_model, tiny_tokenizer
 
     # A different vocabulary (one extra token): the proxy must re-tokenize the answer text.
     t2 = PreTrainedTokenizerFast(tokenizer_object=tiny_tokenizer().backend_tokenizer, eos_token="<|im_end|>")
@@ -148,9 +149,10 @@ def test_errors(attributor, tiny, sources, tok):
 
 
 def test_proxy_that_cannot_encode_the_answer(tiny, sources):
-    from tiny import CHAT_TEMPLATE, tiny_model
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
+
+    from attribot_rag.testing import CHAT_TEMPLATE, tiny_model
 
     words = ["<unk>", "Document", "Question", "Answer", "the", "tower", "[1]", "Who", "built", "?"]
     wl = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
@@ -173,7 +175,7 @@ def test_local_folder_model_roundtrip(tmp_path, tiny, sources):
 
 
 def test_bf16_runs(tok, sources):
-    from tiny import tiny_model
+    from attribot_rag.testing import tiny_model
 
     model = tiny_model(len(tok)).to(torch.bfloat16)
     res = Attributor(LoadedModel("bf16", model, tok), strategy="hierarchical").attribute(Q, sources, A)
@@ -194,9 +196,8 @@ def test_template_markers_in_documents_stay_text(tiny, tok):
 
 
 def test_plain_template_for_base_models(tiny, sources):
-    from tiny import tiny_tokenizer
-
     from attribot_rag import PromptBuilder
+    from attribot_rag.testing import tiny_tokenizer
 
     base_tok = tiny_tokenizer(chat=False)
     pb = PromptBuilder(base_tok)

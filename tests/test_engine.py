@@ -67,7 +67,7 @@ def test_memory_cap_bounds_every_batch(tiny, tok, sources):
 
 
 def test_sliding_window_model_recomputes_prefix(tok, sources):
-    from tiny import tiny_model
+    from attribot_rag.testing import tiny_model
 
     model = tiny_model(len(tok), sliding_window=32)
     prompt, variants, answer = _inputs(tok, sources)

@@ -9,7 +9,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 def test_batched_equals_exact_on_cuda(tok, sources):
-    from tiny import tiny_model
+    from attribot_rag.testing import tiny_model
 
     model = tiny_model(len(tok)).to("cuda")
     att = Attributor(LoadedModel("tiny-cuda", model, tok), strategy="exact")

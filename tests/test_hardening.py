@@ -13,7 +13,7 @@ A = "Gustave Eiffel built the tower."
 
 @pytest.fixture(scope="module")
 def small_window(tok):
-    from tiny import tiny_model
+    from attribot_rag.testing import tiny_model
 
     model = tiny_model(len(tok))
     model.config.max_position_embeddings = 160

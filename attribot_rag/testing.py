@@ -1,4 +1,10 @@
-"""A tiny, randomly initialised causal LM and a byte-level tokenizer built offline."""
+"""Test helpers: a tiny, randomly initialised causal LM and a byte-level tokenizer, built offline.
+
+For mechanics tests (here and in the integration packages) that must not download weights:
+
+    >>> from attribot_rag.testing import tiny_loaded_model
+    >>> attributor = Attributor(tiny_loaded_model())
+"""
 
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ CORPUS = [
 
 @functools.cache
 def tiny_tokenizer(chat: bool = True):
+    """A byte-level BPE tokenizer trained on a few sentences (ChatML template unless ``chat=False``)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -26,7 +33,8 @@ def tiny_tokenizer(chat: bool = True):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(CORPUS * 5, trainer)
@@ -39,17 +47,36 @@ def tiny_tokenizer(chat: bool = True):
 
 
 def tiny_model(vocab_size: int = 400, seed: int = 0, layers: int = 2, sliding_window: int | None = None):
+    """A 2-layer Llama (or sliding-window Qwen2) with random weights, fp32, eval mode."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
     common = dict(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
     )
     if sliding_window:
-        cfg = Qwen2Config(**common, use_sliding_window=True, sliding_window=sliding_window,
-                          max_window_layers=0, layer_types=["sliding_attention"] * layers)
+        cfg = Qwen2Config(
+            **common,
+            use_sliding_window=True,
+            sliding_window=sliding_window,
+            max_window_layers=0,
+            layer_types=["sliding_attention"] * layers,
+        )
         model = Qwen2ForCausalLM(cfg)
     else:
         model = LlamaForCausalLM(LlamaConfig(**common))
     return model.eval().float()
+
+
+def tiny_loaded_model(seed: int = 0, name: str = "tiny"):
+    """A :class:`~attribot_rag.models.LoadedModel` of :func:`tiny_model` + :func:`tiny_tokenizer`."""
+    from .models import LoadedModel
+
+    tok = tiny_tokenizer()
+    return LoadedModel(name=name, model=tiny_model(len(tok), seed=seed), tokenizer=tok)
