@@ -5,7 +5,7 @@ hierarchical attribution, proxy models, proxy pruning), with ranked citations.
 """
 
 from .attributor import PRESETS, Attributor, Strategy
-from .engine import Cost, LikelihoodEngine
+from .engine import Cost, LikelihoodEngine, OutOfMemory
 from .errors import (
     AttribotError,
     ConfigError,
@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AttribotError", "AttributionResult", "Attributor", "Citation", "ConfigError", "ContextTooLongError",
     "Cost", "DEFAULT_MODEL", "DocsFileError", "EmptyAnswerError", "InputError", "LikelihoodEngine",
-    "LoadedModel", "ModelError", "NoSourcesError", "PRESETS", "PromptBuilder", "PromptTemplate",
+    "LoadedModel", "ModelError", "NoSourcesError", "OutOfMemory", "PRESETS", "PromptBuilder", "PromptTemplate",
     "ProxyEncodingError", "REGISTRY", "Sentence", "Source", "SpanScore", "Strategy", "UnknownModelError",
     "load_model", "split_source", "split_text",
 ]
