@@ -30,7 +30,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     attributor = Attributor(args.target, strategy=args.strategy, dtype=args.dtype)
-    rows, hits, chance = [], 0, 0.0
+    rows, hits, chance, sentence_chance = [], 0, 0.0, 0.0
     started = time.perf_counter()
     for ex in hotpot_examples(args.data, args.n, args.offset):
         res = attributor.attribute(ex["question"], ex["sources"], max_new_tokens=args.max_new_tokens)
@@ -39,6 +39,7 @@ def main(argv=None) -> None:
         hit = top in ex["gold_titles"]
         hits += hit
         chance += len(ex["gold_titles"]) / len(res.sources)
+        sentence_chance += len(ex["gold_sentences"]) / sum(len(s.sentences) for s in res.sources)
         top_cite = res.citations(top_k=1)
         rows.append({
             "id": ex["id"], "question": ex["question"], "answer": res.answer, "gold_answer": ex["answer"],
@@ -54,6 +55,7 @@ def main(argv=None) -> None:
         "target": args.target, "strategy": attributor.strategy.name, "dtype": str(attributor.target.loaded.model.dtype),
         "examples": n, "top1_document_gold_rate": hits / n, "chance_rate": chance / n,
         "top1_sentence_gold_rate": sum(r["top_sentence_is_gold"] for r in rows) / n,
+        "sentence_chance_rate": sentence_chance / n,
         "seconds_total": time.perf_counter() - started, "data": str(args.data), "offset": args.offset,
     }
     print(json.dumps(summary, indent=2))
