@@ -1,0 +1,344 @@
+"""LangChain objects -> attribot-rag inputs, and attribution results -> LangChain shapes.
+
+Nothing here scores anything: the core :class:`~attribot_rag.Attributor` does. This module
+reads the question, ``Document``\\ s and answer out of a chain's values, and turns an
+:class:`~attribot_rag.AttributionResult` into JSON-ready citation dicts, annotated
+``Document`` copies and an ``AIMessage`` carrying LangChain's standard citation annotations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from attribot_rag import AttributionResult, Attributor, EmptyAnswerError, NoSourcesError, Source
+from langchain_core.documents import Document
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, message_chunk_to_message
+
+from ._models import attributor_lock
+from .errors import ChainInputError, DocumentIdError
+
+QUESTION_KEYS = ("question", "input", "query")
+DOCUMENTS_KEYS = ("context", "documents", "docs", "source_documents")
+ANSWER_KEYS = ("answer", "output", "result", "response")
+
+SCORE_KEY = "attribot_score"  # added to the metadata of the documents in ``used_context``
+SHARE_KEY = "attribot_share"
+
+
+@dataclass(frozen=True)
+class CiteOptions:
+    """What to report: citation cut-offs and the "used document" rule.
+
+    Args:
+        top_k: keep the ``top_k`` best citations (``None`` = every positively scoring sentence).
+        min_score: keep citations scoring above this (nats of answer log-likelihood).
+        used_min_score: a document counts as used when its leave-one-out score exceeds this.
+        used_min_share: ... and (when set) holds at least this share of the total positive score.
+        id_key: metadata key read as the document id when ``Document.id`` is ``None``.
+    """
+
+    top_k: int | None = 5
+    min_score: float = 0.0
+    used_min_score: float = 0.1
+    used_min_share: float | None = None
+    id_key: str | None = None
+
+
+@dataclass
+class Cited:
+    """The outcome of citing one answer, in LangChain shapes."""
+
+    result: AttributionResult
+    citations: list[dict[str, Any]]
+    used_context: list[Document]
+    cited_answer: AIMessage | None
+    summary: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------- reading
+def pick_key(values: Mapping[str, Any], key: str | None, candidates: Sequence[str], what: str) -> str:
+    """The key holding ``what``: ``key`` when given, else the first of ``candidates`` present."""
+    if key is not None:
+        if key not in values:
+            raise ChainInputError(
+                f"the chain output has no {key!r} key for the {what} (keys: {sorted(map(str, values))}): "
+                f"pass {what.split()[0]}_key=... naming the key that holds it"
+            )
+        return key
+    for k in candidates:
+        if k in values:
+            return k
+    raise ChainInputError(
+        f"the chain output has no {what} (looked for {', '.join(map(repr, candidates))}; keys: "
+        f"{sorted(map(str, values))}): keep it in the dict passed to the citation step "
+        f"(e.g. RunnablePassthrough.assign(...)) or pass {what.split()[0]}_key=..."
+    )
+
+
+def question_text(value: Any, key: str = "question") -> str:
+    """The question as text (a ``str`` or a message)."""
+    if isinstance(value, BaseMessage):
+        value = value.text
+    if not isinstance(value, str):
+        raise ChainInputError(f"{key!r} is a {type(value).__name__}; the question must be a str or a message")
+    if not value.strip():
+        raise ChainInputError(f"the question ({key!r}) is empty: pass the user's question text")
+    return value
+
+
+def answer_text(answer: Any, key: str = "answer") -> str:
+    """The answer text of a ``str`` or a message (``message.text``: its text blocks joined)."""
+    if isinstance(answer, BaseMessage):
+        text = answer.text
+        if not text.strip():
+            raise EmptyAnswerError(
+                f"the answer message ({key!r}) has no text (only tool calls or non-text blocks?): "
+                "cite the final text answer"
+            )
+        return str(text)
+    if isinstance(answer, str):
+        if not answer.strip():
+            raise EmptyAnswerError(f"the answer ({key!r}) is empty: the model produced no text to cite")
+        return answer
+    raise ChainInputError(
+        f"{key!r} is a {type(answer).__name__}; the answer must be a str or an AIMessage "
+        "(put the chat model's output, or StrOutputParser's, under that key)"
+    )
+
+
+def check_documents(value: Any, key: str = "context") -> list[Document]:
+    """The retrieved documents: a non-empty list of ``Document`` objects."""
+    if isinstance(value, str):
+        raise ChainInputError(
+            f"{key!r} is a str, not the retrieved Documents: keep the Document list in the chain's dict "
+            "(format it into the prompt inside the prompt step instead)"
+        )
+    if isinstance(value, Document):
+        value = [value]
+    if not isinstance(value, Sequence):
+        raise ChainInputError(f"{key!r} is a {type(value).__name__}; expected a list of Document")
+    docs = list(value)
+    if not docs:
+        raise NoSourcesError(f"no documents to cite ({key!r} is empty): the retriever returned nothing")
+    for i, d in enumerate(docs):
+        if not isinstance(d, Document):
+            raise ChainInputError(f"{key!r}[{i}] is a {type(d).__name__}; expected a langchain Document")
+    return docs
+
+
+def document_ids(documents: Sequence[Document], id_key: str | None = None) -> list[str]:
+    """Each document's id: ``Document.id``, else ``metadata[id_key]``; missing or duplicate -> error."""
+    ids: list[str] = []
+    for i, d in enumerate(documents):
+        doc_id = d.id
+        if doc_id is None and id_key is not None:
+            doc_id = d.metadata.get(id_key)
+        if doc_id is None or str(doc_id) == "":
+            hint = f" nor metadata[{id_key!r}]" if id_key else ""
+            raise DocumentIdError(
+                f"document {i} has no id{hint} (page_content starts {d.page_content[:40]!r}): citations name "
+                "documents by id. Give documents ids (Document(id=...), or add_documents(..., ids=...) to "
+                "the vector store), or pass id_key='source' (any metadata key) to read the id from metadata"
+            )
+        ids.append(str(doc_id))
+    seen: dict[str, int] = {}
+    for i, doc_id in enumerate(ids):
+        if doc_id in seen:
+            raise DocumentIdError(
+                f"documents {seen[doc_id]} and {i} share the id {doc_id!r}: de-duplicate the retrieved "
+                "documents (e.g. when merging several retrievers) so each citation names one document"
+            )
+        seen[doc_id] = i
+    return ids
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with anything JSON cannot hold replaced by its ``str`` (metadata can hold anything)."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return str(value)
+
+
+def to_sources(documents: Sequence[Document], id_key: str | None = None) -> list[Source]:
+    """Core sources: id, ``page_content`` (offsets index it), JSON-safe metadata (``title`` is shown)."""
+    ids = document_ids(documents, id_key)
+    return [Source(id=i, text=d.page_content, metadata=jsonable(dict(d.metadata))) for i, d in zip(ids, documents)]
+
+
+# ---------------------------------------------------------------------------------------- computing
+def cite(
+    attributor: Attributor,
+    question: str,
+    documents: Sequence[Document],
+    answer: str | BaseMessage,
+    options: CiteOptions,
+) -> Cited:
+    """Attribute ``answer`` to ``documents`` and convert the result (blocking: run it off the event loop)."""
+    text = answer_text(answer)
+    sources = to_sources(documents, options.id_key)
+    with attributor_lock(attributor):
+        result = attributor.attribute(question, sources, text)
+    citations = citation_dicts(result, options.top_k, options.min_score)
+    used = used_documents(documents, result, options.used_min_score, options.used_min_share)
+    summary = summarize(result, attributor, citations, options)
+    message = answer if isinstance(answer, AIMessage) else None
+    if isinstance(answer, AIMessageChunk):
+        message = message_chunk_to_message(answer)  # a streamed answer, aggregated
+    cited_answer = annotate_message(message, result, citations, summary) if isinstance(message, AIMessage) else None
+    return Cited(result, citations, used, cited_answer, summary)
+
+
+def citation_dicts(result: AttributionResult, top_k: int | None, min_score: float) -> list[dict[str, Any]]:
+    """Ranked, JSON-ready citations.
+
+    Each: ``rank``, ``source_index`` (position in the retrieved list), ``document_id``,
+    ``metadata``, ``sentence_index``, ``sentence``, ``start``/``end`` (offsets of the sentence
+    in the document's ``page_content``), ``score`` (nats), ``share`` (of the total positive
+    sentence score), ``answer_sentences`` (indices) with their ``answer_spans`` (offsets into
+    the answer text), and ``scored_by`` (the model that scored it).
+    """
+    out = []
+    for c in result.citations(top_k=top_k, min_score=min_score):
+        spans = [result.answer_sentences[j] for j in c.answer_sentences]
+        out.append({
+            "rank": c.rank,
+            "source_index": c.source_index,
+            "document_id": c.source_id,
+            "metadata": c.metadata,
+            "sentence_index": c.sentence_index,
+            "sentence": c.sentence,
+            "start": c.start,
+            "end": c.end,
+            "score": c.score,
+            "share": c.share,
+            "answer_sentences": list(c.answer_sentences),
+            "answer_spans": [{"index": s.index, "start": s.start, "end": s.end, "text": s.text} for s in spans],
+            "scored_by": c.scored_by,
+        })
+    return out
+
+
+def used_documents(
+    documents: Sequence[Document], result: AttributionResult, min_score: float, min_share: float | None
+) -> list[Document]:
+    """Copies of the documents the answer used (retrieval order), scores added to their metadata."""
+    mask = result.used_mask(min_score=min_score, min_share=min_share)
+    shares = result.source_shares()
+    return [
+        d.model_copy(update={"metadata": {**d.metadata, SCORE_KEY: s.score, SHARE_KEY: sh}})
+        for d, s, sh, used in zip(documents, result.document_scores, shares, mask)
+        if used
+    ]
+
+
+def summarize(
+    result: AttributionResult, attributor: Attributor, citations: list[dict[str, Any]], options: CiteOptions
+) -> dict[str, Any]:
+    """A JSON-ready summary: scoring model(s), strategy, per-document scores and usage, timing."""
+    mask = result.used_mask(min_score=options.used_min_score, min_share=options.used_min_share)
+    shares = result.source_shares()
+    return {
+        "model": attributor.target.name,
+        "proxy": attributor.proxy.name if attributor.proxy is not None else None,
+        "strategy": result.strategy,
+        "citations": len(citations),
+        "documents": [
+            {"index": i, "id": src.id, "title": src.title, "score": d.score, "share": sh, "used": u}
+            for i, (src, d, sh, u) in enumerate(zip(result.sources, result.document_scores, shares, mask))
+        ],
+        "used_document_ids": [src.id for src, u in zip(result.sources, mask) if u],
+        "answer_sentences": [{"index": s.index, "start": s.start, "end": s.end} for s in result.answer_sentences],
+        "seconds": result.timing.get("total_seconds"),
+    }
+
+
+# ---------------------------------------------------------------------------------------- messages
+def _url(metadata: Mapping[str, Any]) -> str | None:
+    url = metadata.get("url")
+    if isinstance(url, str) and url:
+        return url
+    source = metadata.get("source")  # loaders' convention; only a real URL counts
+    return source if isinstance(source, str) and "://" in source else None
+
+
+def annotation(citation: dict[str, Any], answer_sentence: int, start: int, end: int) -> dict[str, Any]:
+    """One LangChain ``Citation`` annotation: ``start_index``/``end_index`` index the text block."""
+    meta = citation["metadata"]
+    block: dict[str, Any] = {
+        "type": "citation",
+        "id": f"attribot-{citation['rank']}-{answer_sentence}",  # deterministic: batch == invoke
+        "start_index": start,
+        "end_index": end,
+        "cited_text": citation["sentence"],
+    }
+    title = meta.get("title")
+    if title is not None:
+        block["title"] = str(title)
+    url = _url(meta)
+    if url is not None:
+        block["url"] = url
+    block["extras"] = {
+        "attribot_score": citation["score"],
+        "attribot_share": citation["share"],
+        "attribot_rank": citation["rank"],
+        "document_id": citation["document_id"],
+        "source_index": citation["source_index"],
+        "sentence_index": citation["sentence_index"],
+        "source_start": citation["start"],
+        "source_end": citation["end"],
+    }
+    return block
+
+
+def annotate_message(
+    message: AIMessage, result: AttributionResult, citations: list[dict[str, Any]], summary: dict[str, Any]
+) -> AIMessage:
+    """A copy of ``message`` whose text blocks carry citation annotations, and a summary under
+    ``response_metadata["attribot"]``.
+
+    String content becomes one ``{"type": "text", "text": ..., "annotations": [...]}`` block
+    (``message.text`` is unchanged). List content keeps its blocks; each annotation goes to the
+    text block where its answer sentence starts, indexed relative to that block (a sentence
+    running on into the next block is cut at the block's end). Annotations are ordered by
+    position, then rank; one per (citation, supported answer sentence).
+    """
+    content = message.content
+    blocks: list[Any] = [content] if isinstance(content, str) else list(content)
+    # [start, end) of each text block within message.text (its text blocks joined with "")
+    ranges: dict[int, tuple[int, int]] = {}
+    pos = 0
+    for b, block in enumerate(blocks):
+        text = block if isinstance(block, str) else block.get("text") if block.get("type") == "text" else None
+        if isinstance(text, str):
+            ranges[b] = (pos, pos + len(text))
+            pos += len(text)
+    per_block: dict[int, list[tuple[tuple[int, int], dict[str, Any]]]] = {}
+    for c in citations:
+        for j in c["answer_sentences"]:
+            s = result.answer_sentences[j]
+            for b, (lo, hi) in ranges.items():
+                if lo <= s.start < hi:
+                    ann = annotation(c, j, s.start - lo, min(s.end, hi) - lo)
+                    per_block.setdefault(b, []).append(((s.start, c["rank"]), ann))
+                    break
+    new_blocks: list[Any] = []
+    for b, block in enumerate(blocks):
+        if b not in ranges:
+            new_blocks.append(block)
+            continue
+        base = {"type": "text", "text": block} if isinstance(block, str) else dict(block)
+        anns = [a for _, a in sorted(per_block.get(b, []), key=lambda x: x[0])]
+        if anns or "annotations" in base:
+            base["annotations"] = [*base.get("annotations", []), *anns]
+        new_blocks.append(base)
+    metadata = {**message.response_metadata, "attribot": summary}
+    return message.model_copy(update={"content": new_blocks, "response_metadata": metadata})

@@ -1,0 +1,125 @@
+"""Post-generation filter: keep only the retrieved documents the answer used."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from attribot_rag import DEFAULT_MODEL, Attributor, PromptTemplate
+from langchain_core.documents import Document
+from langchain_core.messages import BaseMessage
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.config import run_in_executor
+
+from ._convert import (
+    ANSWER_KEYS,
+    DOCUMENTS_KEYS,
+    QUESTION_KEYS,
+    CiteOptions,
+    check_documents,
+    cite,
+    pick_key,
+    question_text,
+)
+from ._models import ModelLike
+from ._settings import ScorerSettings
+from .errors import ChainInputError
+
+
+class AttribotDocumentFilter(Runnable[dict[str, Any], list[Document]]):
+    """Given the answer, return only the documents it used (after generation, not before).
+
+    A retriever's relevance score says what *looks* related to the question; this filter asks
+    what the *answer* relied on: a document is kept when removing it drops the answer's
+    log-likelihood under the local scoring model by more than ``min_score`` nats and, when
+    ``min_share`` is set, it holds at least that share of the total positive drop. Use it to
+    show "sources" under an answer, to log what was actually used, or to prune context for a
+    follow-up turn.
+
+    As a Runnable it takes the chain's dict (question, ``Document`` list, answer; keys as in
+    :class:`~langchain_attribot.AttribotCitations`) and returns the kept documents: copies,
+    in retrieval order, with ``attribot_score`` and ``attribot_share`` in their metadata::
+
+        used = AttribotDocumentFilter(min_share=0.2).invoke(
+            {"question": q, "context": docs, "answer": answer_text}
+        )
+
+    or call :meth:`filter_documents` directly. The default strategy, ``"documents"``, scores
+    whole documents only (one forward pass per document), which is all a filter needs.
+
+    Args:
+        model, proxy, strategy, device, dtype, template, attributor, attributor_kwargs: the
+            scoring model (see :class:`~langchain_attribot._settings.ScorerSettings`).
+        min_score: keep documents whose leave-one-out score is above this (nats).
+        min_share: ... and (when set) whose share of the total positive score is at least this.
+            For a share-only rule, set ``min_score=0.0``.
+        question_key / documents_key / answer_key / id_key: as in ``AttribotCitations``.
+    """
+
+    def __init__(
+        self,
+        model: ModelLike = DEFAULT_MODEL,
+        *,
+        proxy: ModelLike | None = None,
+        strategy: Any = "documents",
+        device: str | None = None,
+        dtype: Any = None,
+        template: PromptTemplate | None = None,
+        attributor: Attributor | None = None,
+        attributor_kwargs: dict[str, Any] | None = None,
+        min_score: float = 0.1,
+        min_share: float | None = None,
+        question_key: str | None = None,
+        documents_key: str | None = None,
+        answer_key: str | None = None,
+        id_key: str | None = None,
+    ) -> None:
+        if min_share is not None and not 0 <= min_share <= 1:
+            raise ValueError("min_share must be in [0, 1] (or None)")
+        self.scorer = ScorerSettings(model, proxy, strategy, device, dtype, template, attributor,
+                                     dict(attributor_kwargs or {}))
+        self.options = CiteOptions(top_k=0, used_min_score=min_score, used_min_share=min_share, id_key=id_key)
+        self.question_key = question_key
+        self.documents_key = documents_key
+        self.answer_key = answer_key
+
+    def __repr__(self) -> str:
+        return (f"AttribotDocumentFilter({self.scorer.describe()}, min_score={self.options.used_min_score}, "
+                f"min_share={self.options.used_min_share})")
+
+    def filter_documents(
+        self, documents: Sequence[Document], question: str | BaseMessage, answer: str | BaseMessage
+    ) -> list[Document]:
+        """The documents ``answer`` used (blocking; copies with scores in their metadata)."""
+        docs = check_documents(documents, "documents")
+        return cite(self.scorer.resolve(), question_text(question), docs, answer, self.options).used_context
+
+    async def afilter_documents(
+        self, documents: Sequence[Document], question: str | BaseMessage, answer: str | BaseMessage
+    ) -> list[Document]:
+        """Async :meth:`filter_documents`; the model work runs in a worker thread."""
+        return await run_in_executor(None, self.filter_documents, documents, question, answer)
+
+    def _from_values(self, values: Mapping[str, Any]) -> list[Document]:
+        if not isinstance(values, Mapping):
+            raise ChainInputError(
+                f"the filter takes the chain's dict (question, documents, answer), got a {type(values).__name__}"
+            )
+        qk = pick_key(values, self.question_key, QUESTION_KEYS, "question")
+        dk = pick_key(values, self.documents_key, DOCUMENTS_KEYS, "documents (retrieved Documents)")
+        ak = pick_key(values, self.answer_key, ANSWER_KEYS, "answer")
+        docs = check_documents(values[dk], dk)
+        return cite(self.scorer.resolve(), question_text(values[qk], qk), docs, values[ak], self.options).used_context
+
+    async def _afrom_values(self, values: Mapping[str, Any]) -> list[Document]:
+        return await run_in_executor(None, self._from_values, values)
+
+    def invoke(self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any) -> list[Document]:
+        """The used documents of the chain's dict."""
+        return self._call_with_config(self._from_values, input, config, **kwargs)
+
+    async def ainvoke(
+        self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> list[Document]:
+        """Async :meth:`invoke`; the model work runs in a worker thread."""
+        return await self._acall_with_config(self._afrom_values, input, config, **kwargs)

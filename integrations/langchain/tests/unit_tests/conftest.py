@@ -1,0 +1,127 @@
+"""Unit-test fixtures: a tiny randomly initialised causal LM (fp32) built offline, and a small RAG setup.
+
+The tiny model's scores mean nothing, but they are deterministic, so everything the integration
+adds (shapes, offsets, batching, streaming, callbacks, errors) can be checked against the core.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. Paris is the capital of France.",
+    "Answer the question using the documents below. Question: Document [1] Title",
+    "Berlin is in Germany. The Eiffel Tower was built in 1889 by Gustave Eiffel.",
+]
+
+QUESTION = "Who built the Eiffel Tower?"
+ANSWER = "Gustave Eiffel built the tower in 1889. It stands in Paris, the capital of France."
+
+
+def _tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS * 5, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token="<|endoftext|>"
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def _tiny_model(vocab_size: int, seed: int = 0):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+    )
+    return LlamaForCausalLM(cfg).eval().float()
+
+
+@pytest.fixture(scope="session")
+def lc_tiny():
+    """A tiny LoadedModel (random weights, byte-level BPE tokenizer with a chat template)."""
+    from attribot_rag import LoadedModel
+
+    tok = _tiny_tokenizer()
+    return LoadedModel(name="tiny", model=_tiny_model(len(tok)), tokenizer=tok)
+
+
+@pytest.fixture(scope="session")
+def lc_attributor(lc_tiny):
+    """The shared attributor every unit test's components resolve to (``model=lc_tiny``)."""
+    from langchain_attribot import shared_attributor
+
+    return shared_attributor(lc_tiny)
+
+
+@pytest.fixture
+def docs():
+    """Three retrieved documents with ids, a title and a URL."""
+    from langchain_core.documents import Document
+
+    return [
+        Document(id="capitals", page_content="Paris is the capital of France. Berlin is in Germany.",
+                 metadata={"title": "Capitals", "url": "https://example.org/capitals"}),
+        Document(id="tower", page_content="The Eiffel Tower was built in 1889. Gustave Eiffel built it. "
+                 "The dog is lazy.", metadata={"title": "Eiffel Tower", "source": "https://example.org/tower"}),
+        Document(id="fox", page_content="The quick brown fox jumps over the lazy dog.", metadata={"page": 3}),
+    ]
+
+
+@pytest.fixture
+def values(docs) -> dict[str, Any]:
+    """The chain dict the citation step receives."""
+    return {"question": QUESTION, "context": docs, "answer": ANSWER}
+
+
+@pytest.fixture
+def fake_llm():
+    """A chat model that always answers ``ANSWER`` (and streams it word by word)."""
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+
+    return GenericFakeChatModel(messages=itertools.cycle([ANSWER]))
+
+
+@pytest.fixture
+def retriever(docs):
+    """A retriever that returns ``docs`` (fires the retriever callbacks like any other)."""
+    from langchain_core.callbacks import CallbackManagerForRetrieverRun
+    from langchain_core.documents import Document
+    from langchain_core.retrievers import BaseRetriever
+
+    class FixedRetriever(BaseRetriever):
+        documents: list[Document]
+
+        def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun):
+            return list(self.documents)
+
+    return FixedRetriever(documents=docs)
+
+
+@pytest.fixture
+def prompt():
+    from langchain_core.prompts import ChatPromptTemplate
+
+    return ChatPromptTemplate.from_messages([
+        ("system", "Answer from the documents.\n\n{context}"),
+        ("human", "{question}"),
+    ])

@@ -1,0 +1,105 @@
+"""The callback handler: same citations as the Runnable for the same run, by run id, as a custom event."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import AIMessage
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.runnables import RunnableParallel, RunnablePassthrough
+
+from langchain_attribot import EVENT_NAME, AttribotCallbackHandler, AttribotCitations
+
+from .conftest import ANSWER, QUESTION
+
+
+def _chain(retriever, prompt, llm, step=None):
+    chain = (
+        RunnableParallel(context=retriever, question=RunnablePassthrough())
+        | RunnablePassthrough.assign(answer=prompt | llm | StrOutputParser())
+    )
+    return chain | step if step is not None else chain
+
+
+def test_handler_matches_the_runnable_for_the_same_run(lc_tiny, retriever, prompt, fake_llm):
+    step = AttribotCitations(lc_tiny, top_k=None, used_min_score=0.0)
+    handler = AttribotCallbackHandler(lc_tiny, top_k=None, used_min_score=0.0)
+    run_id = uuid.uuid4()
+    out = _chain(retriever, prompt, fake_llm, step).invoke(QUESTION, config={"callbacks": [handler], "run_id": run_id})
+    record = handler.get(run_id)
+    assert handler.latest_run_id == run_id and handler.latest is record
+    assert record["question"] == QUESTION and record["citations"] == out["citations"] and out["citations"]
+    assert [d.id for d in record["used_context"]] == [d.id for d in out["used_context"]]
+    assert [d.id for d in record["documents"]] == [d.id for d in out["context"]]
+    # the model's own output was an AIMessage: the handler annotates it as the Runnable would
+    assert isinstance(record["answer"], AIMessage) and record["cited_answer"].text == ANSWER
+    assert record["summary"]["used_document_ids"] == [d.id for d in out["used_context"]]
+
+
+def test_handler_on_a_chain_without_the_step(lc_tiny, retriever, prompt, fake_llm, values):
+    handler = AttribotCallbackHandler(lc_tiny)
+    chain = RunnableParallel(context=retriever, question=RunnablePassthrough()) | prompt | fake_llm
+    msg = chain.invoke(QUESTION, config={"callbacks": [handler]})
+    assert msg.text == ANSWER and isinstance(msg.content, str)  # a callback cannot change the output
+    record = handler.latest
+    ref = AttribotCitations(lc_tiny).invoke({**values, "answer": msg})
+    assert record["citations"] == ref["citations"]
+    assert record["cited_answer"].content == ref["cited_answer"].content
+
+
+def test_handler_batch_streaming_and_async_match_invoke(lc_tiny, retriever, prompt, fake_llm):
+    handler = AttribotCallbackHandler(lc_tiny, top_k=None)
+    chain = _chain(retriever, prompt, fake_llm)
+    questions = [QUESTION, "Where is the tower?", "Which city is the capital of France?"]
+    expected = []
+    for q in questions:
+        chain.invoke(q, config={"callbacks": [handler]})
+        expected.append(handler.latest["citations"])
+    ids = [uuid.uuid4() for _ in questions]
+    chain.batch(questions, config=[{"callbacks": [handler], "run_id": i} for i in ids])
+    assert [handler.get(i)["citations"] for i in ids] == expected
+    assert [handler.get(i)["question"] for i in ids] == questions
+    # streaming: the top-level run starts with a placeholder input; the question still resolves
+    sid = uuid.uuid4()
+    list(chain.stream(questions[1], config={"callbacks": [handler], "run_id": sid}))
+    assert handler.get(sid)["question"] == questions[1] and handler.get(sid)["citations"] == expected[1]
+    aids = [uuid.uuid4() for _ in questions]
+    asyncio.run(chain.abatch(questions, config=[{"callbacks": [handler], "run_id": i} for i in aids]))
+    assert [handler.get(i)["citations"] for i in aids] == expected
+    assert not handler._states and not handler._root  # finished runs leave no state behind
+
+
+def test_citations_are_dispatched_as_a_custom_event(lc_tiny, retriever, prompt, fake_llm):
+    class Listener(BaseCallbackHandler):
+        def __init__(self):
+            self.events: list[tuple[str, Any, uuid.UUID]] = []
+
+        def on_custom_event(self, name, data, *, run_id, **kwargs):
+            self.events.append((name, data, run_id))
+
+    listener = Listener()
+    handler = AttribotCallbackHandler(lc_tiny)
+    run_id = uuid.uuid4()
+    _chain(retriever, prompt, fake_llm).invoke(QUESTION, config={"callbacks": [handler, listener], "run_id": run_id})
+    [(name, data, rid)] = listener.events
+    assert name == EVENT_NAME and rid == run_id and data is handler.get(run_id)
+
+
+def test_question_falls_back_to_the_retriever_query(lc_tiny, retriever, prompt, fake_llm):
+    handler = AttribotCallbackHandler(lc_tiny)
+    chain = (RunnablePassthrough() | (lambda x: x["q"])
+             | RunnableParallel(context=retriever, question=RunnablePassthrough()) | prompt | fake_llm)
+    chain.invoke({"q": QUESTION}, config={"callbacks": [handler]})
+    assert handler.latest["question"] == QUESTION
+
+
+def test_handler_attached_to_a_sub_chain_and_max_results(lc_tiny, retriever, prompt, fake_llm):
+    handler = AttribotCallbackHandler(lc_tiny, max_results=2)
+    inner = _chain(retriever, prompt, fake_llm).with_config(callbacks=[handler])
+    outer = RunnablePassthrough() | inner
+    for q in ("a?", "b?", QUESTION):
+        outer.invoke(q)
+    assert len(handler.results) == 2 and handler.latest["question"] == QUESTION

@@ -1,0 +1,300 @@
+"""The citation Runnable on a tiny random model: shapes, faithfulness to the core, messages, batching,
+streaming, async and model sharing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import pytest
+from attribot_rag import Attributor
+from langchain_core.documents import Document
+from langchain_core.messages import AIMessage, AIMessageChunk
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.runnables import RunnableParallel, RunnablePassthrough
+
+from langchain_attribot import SCORE_KEY, SHARE_KEY, AttribotCitations, shared_attributor, shared_model
+
+from .conftest import ANSWER, QUESTION
+
+
+def _step(lc_tiny, **kw) -> AttribotCitations:
+    kw.setdefault("top_k", None)
+    kw.setdefault("used_min_score", 0.0)
+    return AttribotCitations(lc_tiny, **kw)
+
+
+def _core(att, docs, answer=ANSWER):
+    """The core's own result for the same inputs (metadata included: the title is in the prompt)."""
+    return att.attribute(QUESTION, [{"id": d.id, "text": d.page_content, "metadata": d.metadata} for d in docs], answer)
+
+
+def _sum(chunks):
+    total = chunks[0]
+    for c in chunks[1:]:
+        total = total + c
+    return total
+
+
+def _comparable(out: dict) -> dict:
+    """Everything in a step's output but timings (which differ run to run)."""
+    res = {k: v for k, v in out.items() if k != "cited_answer"}
+    if "cited_answer" in out:
+        msg = out["cited_answer"]
+        meta = {**msg.response_metadata, "attribot": {**msg.response_metadata["attribot"], "seconds": None}}
+        res["cited_answer"] = (type(msg), msg.content, meta)
+    return res
+
+
+def test_invoke_adds_json_ready_citations_that_match_the_core(lc_tiny, lc_attributor, values, docs):
+    step = _step(lc_tiny)
+    out = step.invoke(values)
+    assert step.attributor is lc_attributor  # resolved through the shared cache
+    assert {k: out[k] for k in values} == values and set(out) == {*values, "citations", "used_context"}
+    cites = out["citations"]
+    json.dumps(cites)  # JSON-serialisable as is
+    assert cites, "the tiny model scores some sentence positively"
+    core = _core(lc_attributor, docs)
+    expected = core.citations()
+    assert [(c["document_id"], c["sentence_index"]) for c in cites] == [(c.source_id, c.sentence_index)
+                                                                         for c in expected]
+    assert [c["score"] for c in cites] == pytest.approx([c.score for c in expected])
+    assert [c["rank"] for c in cites] == list(range(1, len(cites) + 1))
+    by_id = {d.id: d for d in docs}
+    for c in cites:
+        doc = by_id[c["document_id"]]
+        assert docs[c["source_index"]] is doc
+        assert doc.page_content[c["start"]:c["end"]] == c["sentence"]
+        assert c["metadata"] == doc.metadata
+        assert 0 <= c["share"] <= 1 and c["scored_by"] == "tiny"
+        assert [s["index"] for s in c["answer_spans"]] == c["answer_sentences"]
+        for span in c["answer_spans"]:
+            assert ANSWER[span["start"]:span["end"]] == span["text"]
+
+
+def test_used_context_follows_the_core_rule(lc_tiny, lc_attributor, values, docs):
+    for min_score, min_share in ((0.0, None), (0.02, None), (0.0, 0.3), (1e9, None)):
+        out = _step(lc_tiny, used_min_score=min_score, used_min_share=min_share).invoke(values)
+        core = _core(lc_attributor, docs)
+        mask = core.used_mask(min_score=min_score, min_share=min_share)
+        used = out["used_context"]
+        assert [d.id for d in used] == [d.id for d, m in zip(docs, mask) if m]
+        for d in used:
+            assert d.metadata[SCORE_KEY] > min_score and SHARE_KEY in d.metadata
+            assert d.page_content == next(x.page_content for x in docs if x.id == d.id)
+    assert all(SCORE_KEY not in d.metadata for d in docs)  # the originals are untouched
+
+
+def test_top_k_and_min_score(lc_tiny, values):
+    everything = _step(lc_tiny).invoke(values)["citations"]
+    assert len(_step(lc_tiny, top_k=2).invoke(values)["citations"]) == min(2, len(everything))
+    cut = everything[0]["score"] - 1e-9
+    assert [c["rank"] for c in _step(lc_tiny, min_score=cut).invoke(values)["citations"]] == [1]
+
+
+def test_aimessage_answer_gets_citation_annotations(lc_tiny, values):
+    msg = AIMessage(content=ANSWER, id="run-1", response_metadata={"model_name": "api-model"})
+    out = _step(lc_tiny).invoke({**values, "answer": msg})
+    cited = out["cited_answer"]
+    assert out["answer"] is msg and msg.content == ANSWER  # the original is not modified
+    assert isinstance(cited, AIMessage) and cited.id == "run-1" and cited.text == ANSWER
+    assert cited.response_metadata["model_name"] == "api-model"
+    summary = cited.response_metadata["attribot"]
+    json.dumps(summary)
+    assert summary["model"] == "tiny" and [d["id"] for d in summary["documents"]] == ["capitals", "tower", "fox"]
+    [block] = cited.content
+    assert block["type"] == "text" and block["text"] == ANSWER
+    anns = block["annotations"]
+    pairs = {(c["rank"], j) for c in out["citations"] for j in c["answer_sentences"]}
+    assert len(anns) == len(pairs) > 0
+    by_rank = {c["rank"]: c for c in out["citations"]}
+    for a in anns:
+        c = by_rank[a["extras"]["attribot_rank"]]
+        assert a["type"] == "citation" and a["cited_text"] == c["sentence"]
+        span = next(s for s in c["answer_spans"] if s["start"] == a["start_index"])
+        # the offsets slice the cited answer sentence exactly
+        assert ANSWER[a["start_index"]:a["end_index"]] == cited.text[a["start_index"]:a["end_index"]] == span["text"]
+        assert a["extras"]["document_id"] == c["document_id"] and a["extras"]["attribot_score"] == c["score"]
+        meta = c["metadata"]
+        assert a.get("title") == meta.get("title")
+        assert a.get("url") == (meta.get("url") or meta.get("source"))
+    assert [(a["start_index"], a["extras"]["attribot_rank"]) for a in anns] == sorted(
+        (a["start_index"], a["extras"]["attribot_rank"]) for a in anns)
+    # LangChain reads them back as standard citation blocks
+    std = [a for b in cited.content_blocks if b["type"] == "text" for a in b.get("annotations", [])]
+    assert len(std) == len(anns) and all(a["type"] == "citation" for a in std)
+
+
+def test_list_content_annotations_index_their_own_block(lc_tiny, values):
+    first, second = "Gustave Eiffel built the tower in 1889. ", "It stands in Paris, the capital of France."
+    assert first + second == ANSWER
+    msg = AIMessage(content=[
+        {"type": "text", "text": first, "annotations": [{"type": "citation", "title": "provider"}]},
+        {"type": "reasoning", "reasoning": "hmm"},
+        second,
+    ])
+    out = _step(lc_tiny).invoke({**values, "answer": msg})
+    blocks = out["cited_answer"].content
+    assert [b["type"] for b in blocks] == ["text", "reasoning", "text"]
+    assert blocks[0]["annotations"][0] == {"type": "citation", "title": "provider"}  # kept
+    assert out["cited_answer"].text == ANSWER
+    for block in (blocks[0], blocks[2]):
+        for a in block.get("annotations", [])[block is blocks[0]:]:
+            c = next(c for c in out["citations"] if c["rank"] == a["extras"]["attribot_rank"])
+            assert block["text"][a["start_index"]:a["end_index"]] in {s["text"] for s in c["answer_spans"]}
+    assert len(blocks[0]["annotations"]) > 1 or len(blocks[2].get("annotations", [])) > 0
+
+
+def test_streamed_message_chunk_answer_gives_a_message(lc_tiny, values):
+    chunk = AIMessageChunk(content=ANSWER[:10]) + AIMessageChunk(content=ANSWER[10:])
+    out = _step(lc_tiny).invoke({**values, "answer": chunk})
+    assert type(out["cited_answer"]) is AIMessage and out["cited_answer"].text == ANSWER
+
+
+def test_other_input_keys_and_explicit_keys(lc_tiny, docs):
+    auto = _step(lc_tiny).invoke({"input": QUESTION, "documents": docs, "output": ANSWER})
+    named = _step(lc_tiny, question_key="q", documents_key="ctx", answer_key="a",
+                  citations_key="sources").invoke({"q": QUESTION, "ctx": docs, "a": ANSWER, "input": "ignored"})
+    assert auto["citations"] == named["sources"]
+
+
+def test_batch_and_abatch_match_invoke(lc_tiny, values, docs):
+    step = _step(lc_tiny)
+    inputs = [values, {**values, "answer": AIMessage(ANSWER)}, {**values, "context": docs[::-1]},
+              {**values, "question": "Where is the tower?", "answer": "In Paris."}]
+    expected = [_comparable(step.invoke(x)) for x in inputs]
+    assert [_comparable(o) for o in step.batch(inputs, config={"max_concurrency": 4})] == expected
+    assert [_comparable(o) for o in asyncio.run(step.abatch(inputs))] == expected
+    assert _comparable(asyncio.run(step.ainvoke(inputs[1]))) == expected[1]
+
+
+def test_stream_passes_input_through_then_yields_citations(lc_tiny, values):
+    step = _step(lc_tiny)
+    chunks = list(step.stream(values))
+    assert chunks[0] == values and set(chunks[-1]) == {"citations", "used_context"}
+    assert _comparable(_sum(chunks)) == _comparable(step.invoke(values))
+
+    async def collect():
+        return [c async for c in step.astream(values)]
+
+    assert _comparable(_sum(asyncio.run(collect()))) == _comparable(step.invoke(values))
+    single = list(_step(lc_tiny, stream_input=False).stream(values))
+    assert len(single) == 1 and _comparable(single[0]) == _comparable(step.invoke(values))
+
+
+def test_streaming_an_lcel_chain_streams_answer_tokens_before_citations(lc_tiny, retriever, prompt, fake_llm):
+    step = _step(lc_tiny)
+    chain = (
+        RunnableParallel(context=retriever, question=RunnablePassthrough())
+        | RunnablePassthrough.assign(answer=prompt | fake_llm | StrOutputParser())
+        | step
+    )
+    chunks = list(chain.stream(QUESTION))
+    answer_chunks = [i for i, c in enumerate(chunks) if "answer" in c]
+    citation_chunks = [i for i, c in enumerate(chunks) if "citations" in c]
+    assert len(answer_chunks) > 3 and citation_chunks == [len(chunks) - 1] and max(answer_chunks) < citation_chunks[0]
+    streamed = _sum(chunks)
+    invoked = chain.invoke(QUESTION)
+    assert streamed["answer"] == invoked["answer"] == ANSWER
+    assert _comparable(streamed) == _comparable(invoked)
+
+    async def collect():
+        return [c async for c in chain.astream(QUESTION)]
+
+    assert _comparable(_sum(asyncio.run(collect()))) == _comparable(invoked)
+
+
+def test_message_answer_through_a_chain_and_pick(lc_tiny, retriever, prompt, fake_llm):
+    step = _step(lc_tiny)
+    chain = (
+        RunnableParallel(context=retriever, question=RunnablePassthrough())
+        | RunnablePassthrough.assign(answer=prompt | fake_llm)
+        | RunnablePassthrough.assign(citations=step.pick("citations"))
+    )
+    out = chain.invoke(QUESTION)
+    assert isinstance(out["answer"], AIMessage) and "used_context" not in out
+    assert out["citations"] == step.invoke(out)["citations"]
+    streamed = _sum(list((RunnablePassthrough.assign(answer=prompt | fake_llm) | step).stream(
+        {"question": QUESTION, "context": out["context"]})))
+    assert isinstance(streamed["cited_answer"], AIMessage) and streamed["cited_answer"].text == ANSWER
+
+
+def test_ainvoke_does_not_block_the_event_loop(lc_tiny, values):
+    class SlowAttributor(Attributor):
+        def attribute(self, *args, **kwargs):
+            time.sleep(0.4)  # stands in for a long CPU-bound attribution
+            return super().attribute(*args, **kwargs)
+
+    step = AttribotCitations(attributor=SlowAttributor(lc_tiny), top_k=None)
+
+    async def main():
+        ticks = 0
+        done = False
+
+        async def ticker():
+            nonlocal ticks
+            while not done:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        task = asyncio.create_task(ticker())
+        outs = await step.abatch([values, values])
+        done = True
+        await task
+        return ticks, outs
+
+    ticks, outs = asyncio.run(main())
+    assert ticks >= 20, ticks  # the loop kept running through ~0.8 s of model work
+    assert outs[0]["citations"] == outs[1]["citations"] == step.invoke(values)["citations"]
+
+
+def test_model_is_loaded_once_and_shared(monkeypatch, lc_tiny):
+    import langchain_attribot._models as models
+
+    calls = []
+
+    def fake_load(name, *, device=None, dtype=None):
+        calls.append(name)
+        time.sleep(0.2)  # a slow load: every thread arrives while it runs
+        return lc_tiny
+
+    monkeypatch.setattr(models, "load_model", fake_load)
+    key = "not-a-real-model-name"
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(shared_model(key, dtype="fp32"))) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == [key] and all(r is lc_tiny for r in results)
+    a = AttribotCitations(key, dtype="fp32").attributor
+    assert a is AttribotCitations(key, dtype="fp32", top_k=1).attributor is shared_attributor(key, dtype="fp32")
+    assert AttribotCitations(key, dtype="fp32", strategy="batched").attributor is not a
+    assert calls == [key]
+    models.clear_cache()
+
+
+def test_concurrent_threads_share_one_model_safely(lc_tiny, values, docs):
+    step = _step(lc_tiny)
+    inputs = [{**values, "context": docs[i:] + docs[:i]} for i in range(3)] * 3
+    expected = [_comparable(step.invoke(x)) for x in inputs]
+    got: dict[int, dict] = {}
+
+    def work(i):
+        got[i] = _comparable(step.invoke(inputs[i]))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [got[i] for i in range(len(inputs))] == expected
+
+
+def test_documents_may_take_their_id_from_metadata(lc_tiny, docs):
+    no_ids = [Document(page_content=d.page_content, metadata={**d.metadata, "source_id": d.id}) for d in docs]
+    out = _step(lc_tiny, id_key="source_id").invoke({"question": QUESTION, "context": no_ids, "answer": ANSWER})
+    ref = _step(lc_tiny).invoke({"question": QUESTION, "context": docs, "answer": ANSWER})
+    assert [c["document_id"] for c in out["citations"]] == [c["document_id"] for c in ref["citations"]]

@@ -1,0 +1,54 @@
+"""The unused-document filter: the core's used-source rule, applied to LangChain Documents."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from langchain_core.messages import AIMessage
+
+from langchain_attribot import SCORE_KEY, SHARE_KEY, AttribotDocumentFilter, shared_attributor
+
+from .conftest import ANSWER, QUESTION
+
+
+def _core(lc_tiny, docs):
+    att = shared_attributor(lc_tiny, strategy="documents")
+    return att.attribute(QUESTION, [{"id": d.id, "text": d.page_content, "metadata": d.metadata} for d in docs], ANSWER)
+
+
+@pytest.mark.parametrize("min_score,min_share", [(0.0, None), (0.01, None), (0.0, 0.25), (0.0, 0.5), (1e9, None)])
+def test_filter_keeps_what_the_core_calls_used(lc_tiny, docs, min_score, min_share):
+    kept = AttribotDocumentFilter(lc_tiny, min_score=min_score, min_share=min_share).filter_documents(
+        docs, QUESTION, ANSWER)
+    core = _core(lc_tiny, docs)
+    mask = core.used_mask(min_score=min_score, min_share=min_share)
+    assert [d.id for d in kept] == [d.id for d, m in zip(docs, mask) if m]
+    shares = core.source_shares()
+    for d in kept:
+        i = next(i for i, x in enumerate(docs) if x.id == d.id)
+        assert d.metadata[SCORE_KEY] == pytest.approx(core.document_scores[i].score)
+        assert d.metadata[SHARE_KEY] == pytest.approx(shares[i])
+        assert {k: v for k, v in d.metadata.items() if k not in (SCORE_KEY, SHARE_KEY)} == docs[i].metadata
+
+
+def test_share_rule_keeps_fewer_documents(lc_tiny, docs):
+    loose = AttribotDocumentFilter(lc_tiny, min_score=0.0).filter_documents(docs, QUESTION, ANSWER)
+    strict = AttribotDocumentFilter(lc_tiny, min_score=0.0, min_share=0.5).filter_documents(docs, QUESTION, ANSWER)
+    assert loose, "the tiny model scores some document positively"
+    assert {d.id for d in strict} <= {d.id for d in loose} and len(strict) <= 1
+
+
+def test_filter_as_a_runnable_sync_and_async(lc_tiny, values):
+    f = AttribotDocumentFilter(lc_tiny, min_score=0.0)
+    direct = f.filter_documents(values["context"], QUESTION, AIMessage(ANSWER))
+    assert [d.id for d in f.invoke(values)] == [d.id for d in direct]
+    assert [d.id for d in asyncio.run(f.ainvoke(values))] == [d.id for d in direct]
+    assert [d.id for d in asyncio.run(f.afilter_documents(values["context"], QUESTION, ANSWER))] == [
+        d.id for d in direct]
+    assert [[d.id for d in out] for out in f.batch([values, values])] == [[d.id for d in direct]] * 2
+
+
+def test_filter_rejects_a_bad_share():
+    with pytest.raises(ValueError, match="min_share"):
+        AttribotDocumentFilter(min_share=1.5)

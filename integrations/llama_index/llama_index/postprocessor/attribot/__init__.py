@@ -1,0 +1,39 @@
+"""LlamaIndex integration for attribot-rag: source nodes ranked by what the answer actually used.
+
+* :class:`AttribotNodePostprocessor` re-ranks / filters nodes for a given answer (after generation).
+* :class:`AttributedQueryEngine` wraps any query engine; responses carry re-ranked nodes and citations.
+* :class:`AttributedChatEngine` does the same for chat engines (ContextChatEngine, CondensePlusContextChatEngine).
+* :class:`AttribotLLM` is an offline local LLM over attribot-rag's embedded models.
+"""
+
+from attribot_rag import EmptyAnswerError, InputError, NoSourcesError
+
+from .base import (
+    ATTRIBUTION_SCORE_KEY,
+    ATTRIBUTION_SHARE_KEY,
+    METADATA_KEY,
+    RETRIEVAL_SCORE_KEY,
+    AttribotNodePostprocessor,
+    AttributedNodes,
+    NodeTextError,
+)
+from .chat_engine import AttributedChatEngine, AttributedStreamingChatResponse
+from .llm import AttribotLLM
+from .query_engine import AttributedQueryEngine
+
+__all__ = [
+    "ATTRIBUTION_SCORE_KEY",
+    "ATTRIBUTION_SHARE_KEY",
+    "METADATA_KEY",
+    "RETRIEVAL_SCORE_KEY",
+    "AttribotLLM",
+    "AttribotNodePostprocessor",
+    "AttributedChatEngine",
+    "AttributedNodes",
+    "AttributedQueryEngine",
+    "AttributedStreamingChatResponse",
+    "EmptyAnswerError",
+    "InputError",
+    "NoSourcesError",
+    "NodeTextError",
+]

@@ -1,0 +1,340 @@
+"""The node postprocessor: re-rank (and optionally filter) source nodes by what an answer used.
+
+All attribution is done by :class:`attribot_rag.Attributor`; this module only turns LlamaIndex
+nodes into attribot sources and the :class:`~attribot_rag.AttributionResult` back into nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from attribot_rag import (
+    DEFAULT_MODEL,
+    AttributionResult,
+    Attributor,
+    EmptyAnswerError,
+    InputError,
+    NoSourcesError,
+    Source,
+    Strategy,
+)
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
+
+#: Key of the attribution entry merged into ``Response.metadata`` / ``AgentChatResponse.metadata``.
+METADATA_KEY = "attribot"
+#: Node metadata key holding the retriever's score (``NodeWithScore.score`` becomes the attribution score).
+RETRIEVAL_SCORE_KEY = "retrieval_score"
+#: Node metadata key holding the attribution score (nats of answer log-likelihood lost without the node).
+ATTRIBUTION_SCORE_KEY = "attribution_score"
+#: Node metadata key holding the node's share of the total positive attribution score.
+ATTRIBUTION_SHARE_KEY = "attribution_share"
+_ADDED_KEYS = (RETRIEVAL_SCORE_KEY, ATTRIBUTION_SCORE_KEY, ATTRIBUTION_SHARE_KEY)
+
+
+class NodeTextError(InputError):
+    """A source node has no text to attribute to (an image-only node, an empty chunk)."""
+
+
+@dataclass
+class AttributedNodes:
+    """What attribution did to one list of nodes.
+
+    Attributes:
+        nodes: the nodes re-ranked by attribution score (highest first), filtered when the
+            postprocessor filters; each is a copy whose ``score`` is the attribution score and
+            whose metadata holds the retrieval score.
+        result: the full :class:`attribot_rag.AttributionResult` (``source_index`` = position in
+            the input node list).
+        metadata: the JSON-ready entry stored under ``response.metadata["attribot"]``.
+    """
+
+    nodes: list[NodeWithScore]
+    result: AttributionResult
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def citations(self) -> list[dict[str, Any]]:
+        """Ranked sentence citations, each with the ``node_id`` it cites."""
+        return self.metadata["citations"]
+
+
+def _require_question(query_str: str | None) -> str:
+    if not isinstance(query_str, str) or not query_str.strip():
+        raise InputError("no question to attribute with: pass query_str=... (or a query_bundle) with the user's query")
+    return query_str
+
+
+def _require_answer(answer: Any) -> str:
+    if answer is None:
+        raise EmptyAnswerError(
+            "no answer to attribute: AttribotNodePostprocessor runs after generation, so pass the response text "
+            "(postprocess_nodes(nodes, query_str=..., answer=str(response))) or wrap the query engine in "
+            "AttributedQueryEngine"
+        )
+    text = answer if isinstance(answer, str) else str(answer)
+    if not text.strip():
+        raise EmptyAnswerError("the response text is empty: there is nothing to attribute (did the LLM answer?)")
+    return text
+
+
+class AttribotNodePostprocessor(BaseNodePostprocessor):
+    """Re-ranks source nodes by how much a given answer relied on each (leave-one-out attribution).
+
+    Use it after generation: ``postprocess_nodes(nodes, query_str=question, answer=answer_text)``
+    returns copies of the nodes sorted by attribution score (``NodeWithScore.score``; nats of
+    answer log-likelihood lost without the node), with the retriever's score kept in the node
+    metadata under ``"retrieval_score"``. With ``filter_unused=True`` only the nodes the answer
+    used are returned (document score above ``min_score`` and, when set, share at least
+    ``min_share``). :meth:`attribute_nodes` also returns sentence citations.
+
+    The answer can come from any LLM: it is scored as text by the attributor's target model,
+    by default the embedded ``"smollm2-135m"`` (loaded on first use).
+
+    Args:
+        attributor: an :class:`attribot_rag.Attributor` to score with; when ``None`` one is built
+            on first use from ``target``, ``proxy``, ``strategy``, ``dtype`` and ``device``.
+        target: the scoring model (short name, local folder or Hub id), default the embedded default.
+        proxy: an optional smaller proxy model (see attribot-rag's strategies).
+        strategy: attribot strategy preset name or :class:`attribot_rag.Strategy`.
+        filter_unused: drop the nodes the answer did not use.
+        min_score / min_share: what "used" means (see ``AttributionResult.used_mask``).
+        top_n: keep at most this many nodes after re-ranking (``None`` keeps all).
+        citation_top_k: how many sentence citations to report (``None`` = every positive one).
+        metadata_mode: which node content is attributed; the default ``MetadataMode.NONE``
+            attributes the node text (citation offsets index into it) and passes a ``title``
+            metadata entry as the document title.
+    """
+
+    attributor: Attributor | None = Field(default=None, exclude=True, description="Attributor to score with.")
+    target: str = Field(default=DEFAULT_MODEL, description="Scoring model when no attributor is given.")
+    proxy: str | None = Field(default=None, description="Optional proxy model when no attributor is given.")
+    strategy: str | Strategy = Field(default="auto", description="attribot strategy preset or Strategy.")
+    dtype: str | None = Field(default=None, description="Model dtype ('fp32', 'bf16', ...) when no attributor.")
+    device: str | None = Field(default=None, description="Model device when no attributor is given.")
+    filter_unused: bool = Field(default=False, description="Drop the nodes the answer did not use.")
+    min_score: float = Field(default=0.1, description="Least document score (nats) for a node to count as used.")
+    min_share: float | None = Field(default=None, description="Least share of the positive score to count as used.")
+    top_n: int | None = Field(default=None, description="Keep at most this many nodes after re-ranking.")
+    citation_top_k: int | None = Field(default=10, description="How many sentence citations to report.")
+    metadata_mode: MetadataMode = Field(default=MetadataMode.NONE, description="Which node content to attribute.")
+
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    @field_validator("top_n", "citation_top_k")
+    @classmethod
+    def _positive(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError("must be >= 1 (or None)")
+        return value
+
+    @field_validator("min_share")
+    @classmethod
+    def _share(cls, value: float | None) -> float | None:
+        if value is not None and not 0 <= value <= 1:
+            raise ValueError("min_share must be in [0, 1] (or None)")
+        return value
+
+    @classmethod
+    def class_name(cls) -> str:
+        """The name LlamaIndex serializes this component under."""
+        return "AttribotNodePostprocessor"
+
+    # ------------------------------------------------------------------ attributor
+    def get_attributor(self) -> Attributor:
+        """The attributor in use, built (and its model loaded) on first call."""
+        if self.attributor is None:
+            with self._lock:
+                if self.attributor is None:
+                    self.attributor = Attributor(
+                        self.target, self.proxy, strategy=self.strategy, dtype=self.dtype, device=self.device
+                    )
+        return self.attributor
+
+    # ------------------------------------------------------------------ public API
+    def postprocess_nodes(
+        self,
+        nodes: list[NodeWithScore],
+        query_bundle: QueryBundle | None = None,
+        query_str: str | None = None,
+        answer: str | None = None,
+    ) -> list[NodeWithScore]:
+        """Re-rank (and filter) ``nodes`` by how much ``answer`` used each one.
+
+        Args:
+            nodes: the source nodes the answer was generated from.
+            query_bundle / query_str: the user's question (one of them).
+            answer: the generated answer text (required: attribution happens after generation).
+        """
+        question = self._question(query_bundle, query_str)
+        return self.attribute_nodes(nodes, question, answer).nodes
+
+    async def apostprocess_nodes(
+        self,
+        nodes: list[NodeWithScore],
+        query_bundle: QueryBundle | None = None,
+        query_str: str | None = None,
+        answer: str | None = None,
+    ) -> list[NodeWithScore]:
+        """Async :meth:`postprocess_nodes` (the model runs in a worker thread)."""
+        question = self._question(query_bundle, query_str)
+        return (await self.aattribute_nodes(nodes, question, answer)).nodes
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        """LlamaIndex's hook; it carries no answer, so attribution cannot run from here."""
+        _require_answer(None)
+        return nodes  # pragma: no cover - _require_answer(None) always raises
+
+    def attribute_nodes(self, nodes: Sequence[NodeWithScore], query_str: str, answer: str) -> AttributedNodes:
+        """Attribute ``answer`` to ``nodes``: re-ranked nodes, the full result and citations.
+
+        Raises:
+            NoSourcesError: ``nodes`` is empty.
+            EmptyAnswerError: ``answer`` is ``None`` or blank.
+            NodeTextError: a node has no text (e.g. an image node).
+            attribot_rag.InputError: any other input attribot-rag rejects (too long a context, ...).
+        """
+        nodes, question, answer, sources = self._prepare(nodes, query_str, answer)
+        result = self.get_attributor().attribute(question, sources, answer)
+        return self._rank(nodes, result)
+
+    async def aattribute_nodes(self, nodes: Sequence[NodeWithScore], query_str: str, answer: str) -> AttributedNodes:
+        """Async :meth:`attribute_nodes`; the forward passes run in a worker thread."""
+        nodes, question, answer, sources = self._prepare(nodes, query_str, answer)
+        attributor = await asyncio.to_thread(self.get_attributor)
+        result = await asyncio.to_thread(attributor.attribute, question, sources, answer)
+        return self._rank(nodes, result)
+
+    # ------------------------------------------------------------------ internals
+    @staticmethod
+    def _question(query_bundle: QueryBundle | None, query_str: str | None) -> str:
+        if query_str is not None and query_bundle is not None:
+            raise ValueError("Cannot specify both query_str and query_bundle")
+        return _require_question(query_bundle.query_str if query_bundle is not None else query_str)
+
+    def _prepare(
+        self, nodes: Sequence[NodeWithScore] | None, query_str: str | None, answer: Any
+    ) -> tuple[list[NodeWithScore], str, str, list[Source]]:
+        nodes = list(nodes or [])
+        if not nodes:
+            raise NoSourcesError(
+                "there are no source nodes to attribute to: the retriever returned nothing (or the engine does "
+                "not return source nodes); check the index and the retriever's top-k"
+            )
+        question = _require_question(query_str)
+        text = _require_answer(answer)
+        return nodes, question, text, self._sources(nodes)
+
+    def _sources(self, nodes: list[NodeWithScore]) -> list[Source]:
+        sources, seen = [], set()
+        for i, nws in enumerate(nodes):
+            if not isinstance(nws, NodeWithScore):
+                raise InputError(f"source node {i} is a {type(nws).__name__}; pass NodeWithScore objects")
+            node = nws.node
+            try:
+                text = node.get_content(metadata_mode=self.metadata_mode)
+            except Exception:  # noqa: BLE001 - some node types have no text at all
+                text = None
+            if not isinstance(text, str) or not text.strip():
+                raise NodeTextError(
+                    f"source node {i} (id {node.node_id!r}, {type(node).__name__}) has no text to attribute to: "
+                    "drop non-text nodes (images, empty chunks) before attribution"
+                )
+            sid = node.node_id
+            if sid in seen:  # the same node retrieved twice: keep both, ids must be unique
+                sid = f"{sid}#{i}"
+            seen.add(sid)
+            meta: dict[str, Any] = {"node_id": node.node_id}
+            title = node.metadata.get("title")
+            if (
+                self.metadata_mode == MetadataMode.NONE
+                and title is not None
+                and "title" not in node.excluded_llm_metadata_keys
+            ):
+                meta["title"] = str(title)
+            sources.append(Source(id=sid, text=text, metadata=meta))
+        return sources
+
+    def _rank(self, nodes: list[NodeWithScore], result: AttributionResult) -> AttributedNodes:
+        scores = [d.score for d in result.document_scores]
+        shares = result.source_shares()
+        used = result.used_mask(self.min_score, self.min_share)
+        order = sorted(range(len(nodes)), key=lambda i: -scores[i])  # stable: ties keep retrieval order
+        kept = [i for i in order if used[i]] if self.filter_unused else list(order)
+        if self.top_n is not None:
+            kept = kept[: self.top_n]
+        kept_set = set(kept)
+
+        def retrieval_score(nws: NodeWithScore) -> float | None:
+            # A node attributed before carries its original retrieval score already.
+            if ATTRIBUTION_SCORE_KEY in nws.node.metadata:
+                return nws.node.metadata.get(RETRIEVAL_SCORE_KEY)
+            return nws.score
+
+        out = [
+            NodeWithScore(
+                node=_annotated(nodes[i].node, retrieval_score(nodes[i]), scores[i], shares[i]), score=scores[i]
+            )
+            for i in kept
+        ]
+        node_ids = [n.node.node_id for n in nodes]
+        citations = []
+        for c in result.citations(top_k=self.citation_top_k):
+            entry = c.to_dict()
+            entry.pop("metadata", None)
+            entry["node_id"] = node_ids[c.source_index]
+            citations.append(entry)
+        metadata = {
+            "question": result.question,
+            "answer": result.answer,
+            "strategy": result.strategy,
+            "scored_by": self.get_attributor().target.name,
+            "citations": citations,
+            "nodes": [
+                {
+                    "node_id": node_ids[i],
+                    "retrieval_rank": i,
+                    "retrieval_score": retrieval_score(nodes[i]),
+                    "attribution_score": scores[i],
+                    "share": shares[i],
+                    "used": used[i],
+                    "kept": i in kept_set,
+                }
+                for i in order
+            ],
+            "answer_sentences": [
+                {"index": s.index, "start": s.start, "end": s.end, "text": s.text} for s in result.answer_sentences
+            ],
+            "timing": result.timing,
+        }
+        return AttributedNodes(nodes=out, result=result, metadata=metadata)
+
+
+def _annotated(node: BaseNode, retrieval: float | None, score: float, share: float) -> BaseNode:
+    """A copy of ``node`` whose metadata holds the scores (hidden from embeddings and the LLM).
+
+    The original is left untouched: retrievers often hand out the docstore's own node objects.
+    """
+    copy = node.model_copy()
+    copy.metadata = {
+        **node.metadata,
+        RETRIEVAL_SCORE_KEY: retrieval,
+        ATTRIBUTION_SCORE_KEY: score,
+        ATTRIBUTION_SHARE_KEY: share,
+    }
+    copy.excluded_llm_metadata_keys = [*node.excluded_llm_metadata_keys, *_missing(node.excluded_llm_metadata_keys)]
+    copy.excluded_embed_metadata_keys = [
+        *node.excluded_embed_metadata_keys, *_missing(node.excluded_embed_metadata_keys)
+    ]
+    return copy
+
+
+def _missing(keys: list[str]) -> list[str]:
+    return [k for k in _ADDED_KEYS if k not in keys]

@@ -1,0 +1,174 @@
+"""Citations for chat engine answers (ContextChatEngine, CondensePlusContextChatEngine, ...)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Generator
+from dataclasses import dataclass
+from typing import Any
+
+from llama_index.core.base.llms.types import ChatMessage, ChatResponse, MessageRole
+from llama_index.core.chat_engine.types import AgentChatResponse, BaseChatEngine, StreamingAgentChatResponse
+
+from .base import METADATA_KEY, AttribotNodePostprocessor, AttributedNodes
+
+
+@dataclass
+class AttributedStreamingChatResponse(StreamingAgentChatResponse):
+    """A finished chat stream with attribution: ``response_gen`` replays the whole answer once.
+
+    ``metadata["attribot"]`` holds the citations, as on :class:`AgentChatResponse`.
+    """
+
+    metadata: dict[str, Any] | None = None
+
+
+def _replay(text: str) -> Generator[ChatResponse, None, None]:
+    yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=text)
+
+
+async def _areplay(text: str) -> AsyncGenerator[ChatResponse, None]:
+    yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=text)
+
+
+def _drain(response: StreamingAgentChatResponse | AgentChatResponse) -> str:
+    """Consume a chat stream (the engine also finishes writing its memory) and return the text."""
+    if isinstance(response, StreamingAgentChatResponse):
+        for _ in response.response_gen:
+            pass
+    return response.response
+
+
+async def _adrain(response: StreamingAgentChatResponse | AgentChatResponse) -> str:
+    if isinstance(response, StreamingAgentChatResponse):
+        async for _ in response.async_response_gen():
+            pass
+    return response.response
+
+
+class AttributedChatEngine(BaseChatEngine):
+    """Wraps a retrieval chat engine; each answer gets re-ranked source nodes and citations.
+
+    Works with any chat engine whose responses carry ``source_nodes`` (``ContextChatEngine``,
+    ``CondensePlusContextChatEngine``, ...). Each turn's answer is attributed over that turn's
+    source nodes; ``response.source_nodes`` come back re-ranked (and filtered, if the
+    postprocessor filters) and ``response.metadata["attribot"]`` holds the citations.
+
+    The question attributed with is the standalone question the engine retrieved with when it
+    reports one (``CondensePlusContextChatEngine`` condenses the chat history into it), else the
+    user's message; earlier turns of the conversation are not part of the attribution prompt.
+
+    Streaming (``stream_chat``/``astream_chat``): the wrapped stream is consumed first, since
+    attribution needs the whole answer, and the returned response replays it in one chunk.
+
+    Args:
+        chat_engine: the chat engine to wrap.
+        postprocessor: does the attribution (default: :class:`AttribotNodePostprocessor()`).
+        use_retrieval_question: attribute with the engine's retrieval (condensed) question.
+    """
+
+    def __init__(
+        self,
+        chat_engine: BaseChatEngine,
+        postprocessor: AttribotNodePostprocessor | None = None,
+        use_retrieval_question: bool = True,
+    ) -> None:
+        self._chat_engine = chat_engine
+        self.postprocessor = postprocessor or AttribotNodePostprocessor()
+        self.use_retrieval_question = use_retrieval_question
+
+    @classmethod
+    def from_defaults(
+        cls, chat_engine: BaseChatEngine, use_retrieval_question: bool = True, **kwargs: Any
+    ) -> AttributedChatEngine:
+        """Wrap ``chat_engine``; ``kwargs`` build the :class:`AttribotNodePostprocessor`."""
+        return cls(chat_engine, AttribotNodePostprocessor(**kwargs), use_retrieval_question)
+
+    @property
+    def chat_engine(self) -> BaseChatEngine:
+        """The wrapped chat engine."""
+        return self._chat_engine
+
+    # ------------------------------------------------------------------ BaseChatEngine
+    def reset(self) -> None:
+        """Reset the wrapped engine's conversation."""
+        self._chat_engine.reset()
+
+    @property
+    def chat_history(self) -> list[ChatMessage]:
+        """The wrapped engine's chat history."""
+        return self._chat_engine.chat_history
+
+    def chat(self, message: str, chat_history: list[ChatMessage] | None = None, **kwargs: Any) -> AgentChatResponse:
+        """Chat, then attribute the answer over the turn's source nodes."""
+        response = self._chat_engine.chat(message, chat_history, **kwargs)
+        text = _drain(response)
+        attributed = self.postprocessor.attribute_nodes(response.source_nodes, self._question(message, response), text)
+        return self._response(response, text, attributed)
+
+    async def achat(
+        self, message: str, chat_history: list[ChatMessage] | None = None, **kwargs: Any
+    ) -> AgentChatResponse:
+        """Async :meth:`chat`; attribution runs in a worker thread."""
+        response = await self._chat_engine.achat(message, chat_history, **kwargs)
+        text = await _adrain(response)
+        attributed = await self.postprocessor.aattribute_nodes(
+            response.source_nodes, self._question(message, response), text
+        )
+        return self._response(response, text, attributed)
+
+    def stream_chat(
+        self, message: str, chat_history: list[ChatMessage] | None = None, **kwargs: Any
+    ) -> AttributedStreamingChatResponse:
+        """Stream from the wrapped engine to the end, attribute, and replay the answer in one chunk."""
+        response = self._chat_engine.stream_chat(message, chat_history, **kwargs)
+        text = _drain(response)
+        attributed = self.postprocessor.attribute_nodes(response.source_nodes, self._question(message, response), text)
+        return self._streaming(response, text, attributed)
+
+    async def astream_chat(
+        self, message: str, chat_history: list[ChatMessage] | None = None, **kwargs: Any
+    ) -> AttributedStreamingChatResponse:
+        """Async :meth:`stream_chat`."""
+        response = await self._chat_engine.astream_chat(message, chat_history, **kwargs)
+        text = await _adrain(response)
+        attributed = await self.postprocessor.aattribute_nodes(
+            response.source_nodes, self._question(message, response), text
+        )
+        return self._streaming(response, text, attributed)
+
+    # ------------------------------------------------------------------ internals
+    def _question(self, message: str, response: AgentChatResponse | StreamingAgentChatResponse) -> str:
+        """The standalone question the engine retrieved with, else the user's message."""
+        if self.use_retrieval_question:
+            for source in response.sources or []:
+                raw = getattr(source, "raw_input", None)
+                if getattr(source, "tool_name", None) == "retriever" and isinstance(raw, dict):
+                    question = raw.get("message")
+                    if isinstance(question, str) and question.strip():
+                        return question
+        return message
+
+    @staticmethod
+    def _metadata(response: Any, attributed: AttributedNodes) -> dict[str, Any]:
+        metadata = dict(getattr(response, "metadata", None) or {})
+        metadata[METADATA_KEY] = attributed.metadata
+        return metadata
+
+    def _response(self, response: Any, text: str, attributed: AttributedNodes) -> AgentChatResponse:
+        return AgentChatResponse(
+            response=text,
+            sources=list(response.sources),
+            source_nodes=attributed.nodes,
+            metadata=self._metadata(response, attributed),
+        )
+
+    def _streaming(self, response: Any, text: str, attributed: AttributedNodes) -> AttributedStreamingChatResponse:
+        return AttributedStreamingChatResponse(
+            response=text,
+            sources=list(response.sources),
+            source_nodes=attributed.nodes,
+            chat_stream=_replay(text),
+            achat_stream=_areplay(text),
+            is_writing_to_memory=False,  # the wrapped engine already wrote the turn to its memory
+            metadata=self._metadata(response, attributed),
+        )

@@ -1,0 +1,162 @@
+"""A local LlamaIndex LLM over an attribot-rag model (embedded SmolLM2 by default), fully offline.
+
+Handy for trying the integration without an API key, and used by the end-to-end test. Any
+other LlamaIndex LLM works with the query and chat engine wrappers just as well.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from attribot_rag import DEFAULT_MODEL, LoadedModel, load_model
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    CompletionResponse,
+    CompletionResponseGen,
+    LLMMetadata,
+)
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.llms.callbacks import llm_completion_callback
+from llama_index.core.llms.custom import CustomLLM
+
+
+def _has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_messages(tokenizer: Any, messages: Sequence[ChatMessage]) -> str:
+    """Chat messages as the model's prompt text: its chat template, or plain role-prefixed turns."""
+    turns = [{"role": m.role.value, "content": m.content or ""} for m in messages]
+    if _has_chat_template(tokenizer):
+        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    return "\n\n".join(f"{t['role']}: {t['content']}" for t in turns) + "\n\nassistant:"
+
+
+def render_completion(tokenizer: Any, prompt: str) -> str:
+    """A completion prompt as one user turn of the chat template (unchanged for base models)."""
+    if _has_chat_template(tokenizer):
+        return render_messages(tokenizer, [ChatMessage(role="user", content=prompt)])
+    return prompt
+
+
+class AttribotLLM(CustomLLM):
+    """Greedy generation from a local causal LM, with the tokenizer's chat template.
+
+    Args:
+        model: an attribot-rag model name (default the embedded ``"smollm2-135m"``), a local
+            folder, or an already loaded :class:`attribot_rag.LoadedModel` (share it with the
+            :class:`attribot_rag.Attributor` to hold the weights once).
+        max_new_tokens: most tokens generated per answer.
+        dtype / device: passed to :func:`attribot_rag.load_model` when loading by name.
+    """
+
+    model_name: str = Field(default=DEFAULT_MODEL, description="The model's name.")
+    max_new_tokens: int = Field(default=128, gt=0, description="Most tokens generated per answer.")
+    context_window: int = Field(default=2048, gt=0, description="The model's context window in tokens.")
+
+    _loaded: LoadedModel = PrivateAttr()
+
+    def __init__(
+        self,
+        model: str | LoadedModel = DEFAULT_MODEL,
+        *,
+        max_new_tokens: int = 128,
+        dtype: str | None = None,
+        device: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
+        kwargs.setdefault("context_window", loaded.context_window or 2048)
+        kwargs.setdefault("messages_to_prompt", functools.partial(render_messages, loaded.tokenizer))
+        kwargs.setdefault("completion_to_prompt", functools.partial(render_completion, loaded.tokenizer))
+        super().__init__(model_name=loaded.name, max_new_tokens=max_new_tokens, **kwargs)
+        self._loaded = loaded
+
+    @classmethod
+    def class_name(cls) -> str:
+        """The name LlamaIndex serializes this component under."""
+        return "AttribotLLM"
+
+    @property
+    def loaded(self) -> LoadedModel:
+        """The underlying model and tokenizer."""
+        return self._loaded
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        """Chat model metadata: prompts arrive as messages and are rendered with the chat template."""
+        return LLMMetadata(
+            context_window=self.context_window,
+            num_output=self.max_new_tokens,
+            is_chat_model=_has_chat_template(self._loaded.tokenizer),
+            model_name=self.model_name,
+        )
+
+    def _render(self, prompt: str, formatted: bool) -> str:
+        return prompt if formatted else self.completion_to_prompt(prompt)
+
+    def _inputs(self, text: str) -> dict[str, torch.Tensor]:
+        tokenizer = self._loaded.tokenizer
+        ids = tokenizer(text, add_special_tokens=not _has_chat_template(tokenizer), return_tensors="pt")["input_ids"]
+        if ids.shape[1] + self.max_new_tokens > self.context_window:
+            raise ValueError(
+                f"prompt ({ids.shape[1]} tokens) + {self.max_new_tokens} new tokens exceed {self.model_name}'s "
+                f"context window of {self.context_window}: retrieve fewer or smaller chunks"
+            )
+        ids = ids.to(self._loaded.device)
+        tok = self._loaded.tokenizer
+        return {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": False,
+            "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        }
+
+    # ------------------------------------------------------------------ LLM interface
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        """Greedy completion; ``formatted=False`` wraps the prompt as one user turn."""
+        inputs = self._inputs(self._render(prompt, formatted))
+        with torch.inference_mode():
+            out = self._loaded.model.generate(**inputs)
+        n = inputs["input_ids"].shape[1]
+        text = self._loaded.tokenizer.decode(out[0, n:], skip_special_tokens=True).strip()
+        return CompletionResponse(text=text)
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        """Streamed greedy completion (generation runs in a thread, text arrives as it decodes)."""
+        from transformers import TextIteratorStreamer
+
+        inputs = self._inputs(self._render(prompt, formatted))
+        streamer = TextIteratorStreamer(self._loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    self._loaded.model.generate(**inputs, streamer=streamer)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+                errors.append(exc)
+                streamer.end()
+
+        def gen() -> CompletionResponseGen:
+            thread = threading.Thread(target=run, daemon=True)
+            thread.start()
+            text = ""
+            for delta in streamer:
+                if not text:
+                    delta = delta.lstrip()
+                if delta:
+                    text += delta
+                    yield CompletionResponse(text=text, delta=delta)
+            thread.join()
+            if errors:
+                raise errors[0]
+
+        return gen()

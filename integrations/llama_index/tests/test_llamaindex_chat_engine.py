@@ -1,0 +1,89 @@
+"""AttributedChatEngine over ContextChatEngine and CondensePlusContextChatEngine."""
+
+import asyncio
+
+import pytest
+from llama_index.core.chat_engine import CondensePlusContextChatEngine, ContextChatEngine
+from llama_index.core.chat_engine.types import AgentChatResponse, StreamingAgentChatResponse
+
+from llama_index.postprocessor.attribot import (
+    METADATA_KEY,
+    RETRIEVAL_SCORE_KEY,
+    AttribotNodePostprocessor,
+    AttributedChatEngine,
+    NoSourcesError,
+)
+
+ENGINES = {"context": ContextChatEngine, "condense_plus_context": CondensePlusContextChatEngine}
+
+
+def _chat_engine(kind, attributor, retriever, llm, **pp):
+    inner = ENGINES[kind].from_defaults(retriever=retriever, llm=llm)
+    return AttributedChatEngine(inner, AttribotNodePostprocessor(attributor=attributor, **pp))
+
+
+def _check(response, nodes, answer):
+    assert str(response) == answer
+    meta = response.metadata[METADATA_KEY]
+    assert meta["answer"] == answer and meta["citations"]
+    scores = [n.score for n in response.source_nodes]
+    assert scores == sorted(scores, reverse=True) and len(scores) == len(nodes)
+    retrieval = {n.node.node_id: n.score for n in nodes}
+    assert all(n.node.metadata[RETRIEVAL_SCORE_KEY] == retrieval[n.node.node_id] for n in response.source_nodes)
+    return meta
+
+
+@pytest.mark.parametrize("kind", list(ENGINES))
+def test_chat_citations(kind, attributor, retriever, llm, nodes, question, answer):
+    engine = _chat_engine(kind, attributor, retriever, llm)
+    response = engine.chat(question)
+    assert isinstance(response, AgentChatResponse)
+    meta = _check(response, nodes, answer)
+    assert meta["question"] == question  # first turn: nothing to condense
+    assert [m.content for m in engine.chat_history] == [question, answer]
+    engine.reset()  # a second turn would be condensed into another question
+    asyn = asyncio.run(engine.achat(question))
+    assert asyn.metadata[METADATA_KEY]["question"] == question
+    assert [(n.node.node_id, n.score) for n in asyn.source_nodes] == [
+        (n.node.node_id, n.score) for n in response.source_nodes
+    ]
+
+
+def test_condensed_question_is_attributed_with(attributor, retriever, llm, nodes, question, answer, condensed):
+    engine = _chat_engine("condense_plus_context", attributor, retriever, llm)
+    engine.chat(question)
+    follow_up = engine.chat("And when?")
+    meta = _check(follow_up, nodes, answer)
+    assert meta["question"] == condensed  # the standalone question the engine retrieved with
+    plain = AttributedChatEngine.from_defaults(engine.chat_engine, use_retrieval_question=False, attributor=attributor)
+    assert plain.chat("And when?").metadata[METADATA_KEY]["question"] == "And when?"
+
+
+@pytest.mark.parametrize("kind", list(ENGINES))
+def test_stream_chat_consumes_then_attributes(kind, attributor, retriever, make_llm, nodes, question, answer):
+    reference = _chat_engine(kind, attributor, retriever, make_llm()).chat(question)
+    engine = _chat_engine(kind, attributor, retriever, make_llm())
+    streamed = engine.stream_chat(question)
+    assert isinstance(streamed, StreamingAgentChatResponse)
+    assert "".join(streamed.response_gen) == answer
+    _check(streamed, nodes, answer)
+    assert [m.content for m in engine.chat_history] == [question, answer]
+    assert [(n.node.node_id, n.score) for n in streamed.source_nodes] == [
+        (n.node.node_id, n.score) for n in reference.source_nodes
+    ]
+
+    async def astream():
+        engine.reset()
+        response = await engine.astream_chat(question)
+        return response, "".join([t async for t in response.async_response_gen()])
+
+    aresponse, text = asyncio.run(astream())
+    assert text == answer
+    _check(aresponse, nodes, answer)
+    assert [m.content for m in engine.chat_history] == [question, answer]
+
+
+def test_chat_without_nodes_is_a_clear_error(attributor, make_retriever, llm, question):
+    engine = _chat_engine("context", attributor, make_retriever([]), llm)
+    with pytest.raises(NoSourcesError, match="no source nodes"):
+        engine.chat(question)

@@ -1,0 +1,148 @@
+"""AttribotNodePostprocessor on a tiny random model: ranking, filtering, metadata, errors."""
+
+import asyncio
+
+import pytest
+from attribot_rag import Source
+from llama_index.core.schema import ImageNode, MetadataMode, NodeWithScore, QueryBundle, TextNode
+
+from llama_index.postprocessor.attribot import (
+    ATTRIBUTION_SCORE_KEY,
+    RETRIEVAL_SCORE_KEY,
+    AttribotNodePostprocessor,
+    EmptyAnswerError,
+    InputError,
+    NodeTextError,
+    NoSourcesError,
+)
+
+
+def _direct_scores(attributor, nodes, question, answer):
+    """Document scores from attribot-rag called directly on the same texts and titles."""
+    sources = [Source(n.node.node_id, n.node.text, {"title": n.node.metadata["title"]}) for n in nodes]
+    return [d.score for d in attributor.attribute(question, sources, answer).document_scores]
+
+
+def test_reranks_by_attribution_and_keeps_retrieval_score(attributor, nodes, question, answer):
+    before = {n.node.node_id: (n.score, dict(n.node.metadata)) for n in nodes}
+    expected = _direct_scores(attributor, nodes, question, answer)
+    out = AttribotNodePostprocessor(attributor=attributor).postprocess_nodes(nodes, query_str=question, answer=answer)
+
+    assert [n.score for n in out] == sorted(expected, reverse=True)
+    by_id = {n.node.node_id: n for n in out}
+    assert set(by_id) == set(before)
+    for i, n in enumerate(nodes):
+        got = by_id[n.node.node_id]
+        assert got.score == pytest.approx(expected[i], abs=1e-6)
+        assert got.node.metadata[RETRIEVAL_SCORE_KEY] == n.score
+        assert got.node.metadata[ATTRIBUTION_SCORE_KEY] == got.score
+        # The scores stay out of what the LLM and the embedder see.
+        assert got.node.get_content(MetadataMode.LLM) == n.node.get_content(MetadataMode.LLM)
+        assert got.node.get_content(MetadataMode.EMBED) == n.node.get_content(MetadataMode.EMBED)
+    # The retriever's (docstore's) node objects are left untouched.
+    assert {n.node.node_id: (n.score, n.node.metadata) for n in nodes} == before
+
+
+def test_query_bundle_and_async_match(attributor, nodes, question, answer):
+    pp = AttribotNodePostprocessor(attributor=attributor)
+    sync = pp.postprocess_nodes(nodes, query_bundle=QueryBundle(question), answer=answer)
+    asyn = asyncio.run(pp.apostprocess_nodes(nodes, query_str=question, answer=answer))
+    assert [(n.node.node_id, n.score) for n in sync] == [(n.node.node_id, n.score) for n in asyn]
+
+
+def test_reattributing_keeps_the_original_retrieval_score(attributor, nodes, question, answer):
+    pp = AttribotNodePostprocessor(attributor=attributor)
+    once = pp.postprocess_nodes(nodes, query_str=question, answer=answer)
+    twice = pp.postprocess_nodes(once, query_str=question, answer=answer)
+    retrieval = {n.node.node_id: n.score for n in nodes}
+    assert {n.node.node_id: n.node.metadata[RETRIEVAL_SCORE_KEY] for n in twice} == retrieval
+
+
+@pytest.mark.parametrize("where", [0, 1])
+def test_filter_drops_exactly_the_nodes_under_the_threshold(attributor, nodes, question, answer, where):
+    scores = _direct_scores(attributor, nodes, question, answer)
+    ranked = sorted(scores)
+    threshold = (ranked[where] + ranked[where + 1]) / 2  # between two nodes' scores
+    pp = AttribotNodePostprocessor(attributor=attributor, filter_unused=True, min_score=threshold)
+    attributed = pp.attribute_nodes(nodes, question, answer)
+    kept = {n.node.node_id for n in attributed.nodes}
+    assert kept == {n.node.node_id for n, s in zip(nodes, scores) if s > threshold}
+    assert len(kept) == len(nodes) - (where + 1)
+    assert {e["node_id"] for e in attributed.metadata["nodes"] if e["kept"]} == kept
+    assert all(e["used"] == (e["attribution_score"] > threshold) for e in attributed.metadata["nodes"])
+
+
+def test_min_share_and_top_n(attributor, nodes, question, answer):
+    base = AttribotNodePostprocessor(attributor=attributor).attribute_nodes(nodes, question, answer)
+    shares = {e["node_id"]: e["share"] for e in base.metadata["nodes"]}
+    cut = sorted(shares.values())[-1]  # only the largest share passes
+    pp = AttribotNodePostprocessor(attributor=attributor, filter_unused=True, min_score=float("-inf"), min_share=cut)
+    kept = [n.node.node_id for n in pp.postprocess_nodes(nodes, query_str=question, answer=answer)]
+    assert kept == [k for k, v in shares.items() if v >= cut]
+    top1 = AttribotNodePostprocessor(attributor=attributor, top_n=1).postprocess_nodes(
+        nodes, query_str=question, answer=answer
+    )
+    assert [n.node.node_id for n in top1] == [base.nodes[0].node.node_id]
+
+
+def test_citations_name_their_nodes(attributor, nodes, question, answer):
+    attributed = AttribotNodePostprocessor(attributor=attributor, citation_top_k=3).attribute_nodes(
+        nodes, question, answer
+    )
+    texts = {n.node.node_id: n.node.text for n in nodes}
+    assert 0 < len(attributed.citations) <= 3
+    for c in attributed.citations:
+        assert texts[c["node_id"]][c["start"]: c["end"]] == c["sentence"]
+        assert c["node_id"] == nodes[c["source_index"]].node.node_id
+    assert attributed.metadata["answer"] == answer and attributed.metadata["question"] == question
+    assert attributed.metadata["scored_by"] == "tiny"
+
+
+def test_duplicate_nodes_are_attributed_separately(attributor, nodes, question, answer):
+    dup = [*nodes, NodeWithScore(node=nodes[0].node, score=0.1)]
+    out = AttribotNodePostprocessor(attributor=attributor).postprocess_nodes(dup, query_str=question, answer=answer)
+    assert len(out) == 4
+
+
+def test_bad_input_gives_clear_errors(attributor, nodes, question, answer):
+    pp = AttribotNodePostprocessor(attributor=attributor)
+    with pytest.raises(NoSourcesError, match="no source nodes"):
+        pp.postprocess_nodes([], query_str=question, answer=answer)
+    for empty in ("", "   \n"):
+        with pytest.raises(EmptyAnswerError, match="empty"):
+            pp.postprocess_nodes(nodes, query_str=question, answer=empty)
+    with pytest.raises(EmptyAnswerError, match="after generation"):
+        pp.postprocess_nodes(nodes, query_str=question)  # no answer given
+    with pytest.raises(InputError, match="no question"):
+        pp.postprocess_nodes(nodes, answer=answer)
+    blank = NodeWithScore(node=TextNode(id_="blank", text="  "), score=0.5)
+    with pytest.raises(NodeTextError, match="'blank'.*no text"):
+        pp.postprocess_nodes([*nodes, blank], query_str=question, answer=answer)
+    image = NodeWithScore(node=ImageNode(id_="img", image="aGVsbG8="), score=0.5)
+    with pytest.raises(NodeTextError, match="'img'.*ImageNode"):
+        pp.postprocess_nodes([image, *nodes], query_str=question, answer=answer)
+    assert issubclass(NodeTextError, InputError) and issubclass(NoSourcesError, ValueError)
+
+
+def test_default_attributor_is_the_embedded_default_model(monkeypatch):
+    import llama_index.postprocessor.attribot.base as base
+
+    made = []
+
+    class FakeAttributor:
+        def __init__(self, target, proxy=None, **kwargs):
+            made.append((target, proxy, kwargs))
+
+    monkeypatch.setattr(base, "Attributor", FakeAttributor)
+    pp = AttribotNodePostprocessor(dtype="fp32")
+    assert made == []  # nothing is loaded until attribution runs
+    first = pp.get_attributor()
+    assert pp.get_attributor() is first and len(made) == 1
+    assert made[0][0] == "smollm2-135m" and made[0][1] is None and made[0][2]["dtype"] == "fp32"
+
+
+def test_field_validation():
+    with pytest.raises(ValueError):
+        AttribotNodePostprocessor(top_n=0)
+    with pytest.raises(ValueError):
+        AttribotNodePostprocessor(min_share=1.5)
