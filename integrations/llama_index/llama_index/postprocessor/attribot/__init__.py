@@ -4,6 +4,7 @@
 * :class:`AttributedQueryEngine` wraps any query engine; responses carry re-ranked nodes and citations.
 * :class:`AttributedChatEngine` does the same for chat engines (ContextChatEngine, CondensePlusContextChatEngine).
 * :class:`AttribotLLM` is an offline local LLM over attribot-rag's embedded models.
+* :func:`llamaindex_qa_template` mirrors a LlamaIndex QA prompt as attribot's scoring prompt (the default).
 """
 
 from attribot_rag import EmptyAnswerError, InputError, NoSourcesError
@@ -19,6 +20,7 @@ from .base import (
 )
 from .chat_engine import AttributedChatEngine, AttributedStreamingChatResponse
 from .llm import AttribotLLM
+from .prompts import llamaindex_qa_template
 from .query_engine import AttributedQueryEngine
 
 __all__ = [
@@ -36,4 +38,5 @@ __all__ = [
     "InputError",
     "NoSourcesError",
     "NodeTextError",
+    "llamaindex_qa_template",
 ]

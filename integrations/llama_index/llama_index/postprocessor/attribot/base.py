@@ -19,12 +19,15 @@ from attribot_rag import (
     EmptyAnswerError,
     InputError,
     NoSourcesError,
+    PromptTemplate,
     Source,
     Strategy,
 )
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
+
+from .prompts import llamaindex_qa_template
 
 #: Key of the attribution entry merged into ``Response.metadata`` / ``AgentChatResponse.metadata``.
 METADATA_KEY = "attribot"
@@ -94,7 +97,9 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
     ``min_share``). :meth:`attribute_nodes` also returns sentence citations.
 
     The answer can come from any LLM: it is scored as text by the attributor's target model,
-    by default the embedded ``"smollm2-135m"`` (loaded on first use).
+    by default the embedded ``"smollm2-135m"`` (loaded on first use), with the prompt LlamaIndex's
+    response synthesizer uses by default (:func:`llamaindex_qa_template`) over each node's
+    content as the synthesizer renders it (``MetadataMode.LLM``).
 
     Args:
         attributor: an :class:`attribot_rag.Attributor` to score with; when ``None`` one is built
@@ -102,19 +107,25 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
         target: the scoring model (short name, local folder or Hub id), default the embedded default.
         proxy: an optional smaller proxy model (see attribot-rag's strategies).
         strategy: attribot strategy preset name or :class:`attribot_rag.Strategy`.
+        template: the scoring prompt (an :class:`attribot_rag.PromptTemplate`) when no attributor
+            is given; ``None`` = :func:`llamaindex_qa_template()` (LlamaIndex's default QA prompt).
         filter_unused: drop the nodes the answer did not use.
         min_score / min_share: what "used" means (see ``AttributionResult.used_mask``).
         top_n: keep at most this many nodes after re-ranking (``None`` keeps all).
         citation_top_k: how many sentence citations to report (``None`` = every positive one).
-        metadata_mode: which node content is attributed; the default ``MetadataMode.NONE``
-            attributes the node text (citation offsets index into it) and passes a ``title``
-            metadata entry as the document title.
+        metadata_mode: which node content is attributed: ``MetadataMode.LLM`` (default) is what
+            the synthesizer shows the LLM; ``MetadataMode.NONE`` the bare text, with a ``title``
+            metadata entry passed as the document title (for attribot's own prompt template).
+            Citation ``start``/``end`` always index into ``node.text``.
     """
 
     attributor: Attributor | None = Field(default=None, exclude=True, description="Attributor to score with.")
     target: str = Field(default=DEFAULT_MODEL, description="Scoring model when no attributor is given.")
     proxy: str | None = Field(default=None, description="Optional proxy model when no attributor is given.")
     strategy: str | Strategy = Field(default="auto", description="attribot strategy preset or Strategy.")
+    template: PromptTemplate | None = Field(
+        default=None, description="Scoring prompt when no attributor is given (None: LlamaIndex's QA prompt)."
+    )
     dtype: str | None = Field(default=None, description="Model dtype ('fp32', 'bf16', ...) when no attributor.")
     device: str | None = Field(default=None, description="Model device when no attributor is given.")
     filter_unused: bool = Field(default=False, description="Drop the nodes the answer did not use.")
@@ -122,7 +133,7 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
     min_share: float | None = Field(default=None, description="Least share of the positive score to count as used.")
     top_n: int | None = Field(default=None, description="Keep at most this many nodes after re-ranking.")
     citation_top_k: int | None = Field(default=10, description="How many sentence citations to report.")
-    metadata_mode: MetadataMode = Field(default=MetadataMode.NONE, description="Which node content to attribute.")
+    metadata_mode: MetadataMode = Field(default=MetadataMode.LLM, description="Which node content to attribute.")
 
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
@@ -152,7 +163,8 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
             with self._lock:
                 if self.attributor is None:
                     self.attributor = Attributor(
-                        self.target, self.proxy, strategy=self.strategy, dtype=self.dtype, device=self.device
+                        self.target, self.proxy, strategy=self.strategy, dtype=self.dtype, device=self.device,
+                        template=self.template or llamaindex_qa_template(),
                     )
         return self.attributor
 
@@ -203,14 +215,14 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
         """
         nodes, question, answer, sources = self._prepare(nodes, query_str, answer)
         result = self.get_attributor().attribute(question, sources, answer)
-        return self._rank(nodes, result)
+        return self._rank(nodes, sources, result)
 
     async def aattribute_nodes(self, nodes: Sequence[NodeWithScore], query_str: str, answer: str) -> AttributedNodes:
         """Async :meth:`attribute_nodes`; the forward passes run in a worker thread."""
         nodes, question, answer, sources = self._prepare(nodes, query_str, answer)
         attributor = await asyncio.to_thread(self.get_attributor)
         result = await asyncio.to_thread(attributor.attribute, question, sources, answer)
-        return self._rank(nodes, result)
+        return self._rank(nodes, sources, result)
 
     # ------------------------------------------------------------------ internals
     @staticmethod
@@ -262,7 +274,7 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
             sources.append(Source(id=sid, text=text, metadata=meta))
         return sources
 
-    def _rank(self, nodes: list[NodeWithScore], result: AttributionResult) -> AttributedNodes:
+    def _rank(self, nodes: list[NodeWithScore], sources: list[Source], result: AttributionResult) -> AttributedNodes:
         scores = [d.score for d in result.document_scores]
         shares = result.source_shares()
         used = result.used_mask(self.min_score, self.min_share)
@@ -290,6 +302,9 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
             entry = c.to_dict()
             entry.pop("metadata", None)
             entry["node_id"] = node_ids[c.source_index]
+            # Offsets into the attributed content, and into node.text (None: the metadata header).
+            entry["content_start"], entry["content_end"] = c.start, c.end
+            entry["start"], entry["end"] = _text_span(nodes[c.source_index].node, sources[c.source_index].text, c)
             citations.append(entry)
         metadata = {
             "question": result.question,
@@ -315,6 +330,19 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
             "timing": result.timing,
         }
         return AttributedNodes(nodes=out, result=result, metadata=metadata)
+
+
+def _text_span(node: BaseNode, content: str, citation: Any) -> tuple[int | None, int | None]:
+    """The citation's ``[start, end)`` in ``node.text``; ``(None, None)`` if it lies outside it."""
+    text = getattr(node, "text", None)
+    if not isinstance(text, str):
+        return None, None
+    stripped = text.strip()
+    pos = content.find(stripped) if stripped else -1
+    if pos < 0 or citation.start < pos or citation.end > pos + len(stripped):
+        return None, None
+    lead = len(text) - len(text.lstrip())
+    return citation.start - pos + lead, citation.end - pos + lead
 
 
 def _annotated(node: BaseNode, retrieval: float | None, score: float, share: float) -> BaseNode:
