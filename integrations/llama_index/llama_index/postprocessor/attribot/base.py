@@ -116,7 +116,7 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
         metadata_mode: which node content is attributed: ``MetadataMode.LLM`` (default) is what
             the synthesizer shows the LLM; ``MetadataMode.NONE`` the bare text, with a ``title``
             metadata entry passed as the document title (for attribot's own prompt template).
-            Citation ``start``/``end`` always index into ``node.text``.
+            Citation ``start``/``end`` index into ``node.text`` (``None`` for a span in the metadata header).
     """
 
     attributor: Attributor | None = Field(default=None, exclude=True, description="Attributor to score with.")
