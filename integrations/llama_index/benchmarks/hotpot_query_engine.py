@@ -87,7 +87,7 @@ def run_example(row: dict[str, Any], embed: Any, llm: Any, postprocessor: Any, t
         pieces = sentences[titles.index(title)]
         node_text = next(n.node.text for n in response.source_nodes if n.node.node_id == top_cite["node_id"])
         base = "".join(pieces).find(node_text)
-        if base >= 0:
+        if base >= 0 and top_cite["start"] is not None:  # start is None: the "title: ..." header was cited
             char, pos, k = base + top_cite["start"], 0, None
             for i, piece in enumerate(pieces):
                 if pos <= char < pos + len(piece):
