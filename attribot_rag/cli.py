@@ -107,11 +107,14 @@ def _models(args) -> int:
     return 0
 
 
+_COMMANDS = {"cite": _cite, "models": _models}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point. Errors print one clear line and exit non-zero (set ATTRIBOT_DEBUG=1 for tracebacks)."""
     args = _parser().parse_args(argv)
     try:
-        return _cite(args) if args.command == "cite" else _models(args)
+        return _COMMANDS[args.command](args)
     except AttribotError as exc:
         print(f"attribot-rag: error: {exc}", file=sys.stderr)
         return 2

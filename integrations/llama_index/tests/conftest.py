@@ -1,17 +1,14 @@
 """Fixtures for the LlamaIndex integration tests: a tiny random LM, fixed nodes, a scripted LLM.
 
-The tiny model and tokenizer are built offline (copied from the core test helpers, which this
-suite does not import so that it runs on its own).
+The tiny model and tokenizer come from ``attribot_rag.testing`` (built offline, random weights).
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
-import torch
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.base.llms.types import CompletionResponse, CompletionResponseGen, LLMMetadata
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
@@ -19,15 +16,6 @@ from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-CORPUS = [
-    "The quick brown fox jumps over the lazy dog. Paris is the capital of France.",
-    "Answer the question using the documents below. Question: Document [1] Title",
-    "Berlin is in Germany. The Eiffel Tower was built in 1889 by Gustave Eiffel.",
-]
 QUESTION = "Who built the Eiffel Tower?"
 ANSWER = "Gustave Eiffel built the tower in 1889. Paris is in France."
 CONDENSED = "Who built the Eiffel Tower in Paris?"
@@ -38,46 +26,12 @@ TEXTS = {
 }
 
 
-@functools.cache
-def tiny_tokenizer():
-    """A byte-level BPE tokenizer with a ChatML template, trained on a few sentences."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(CORPUS * 5, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token="<|endoftext|>"
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
-
-
-def tiny_model(vocab_size: int, seed: int = 0):
-    """A 2-layer randomly initialised Llama in fp32."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-    )
-    return LlamaForCausalLM(cfg).eval().float()
-
-
 @pytest.fixture(scope="session")
 def tiny():
     """The tiny model as an attribot LoadedModel."""
-    from attribot_rag import LoadedModel
+    from attribot_rag.testing import tiny_loaded_model
 
-    tok = tiny_tokenizer()
-    return LoadedModel(name="tiny", model=tiny_model(len(tok)), tokenizer=tok)
+    return tiny_loaded_model()
 
 
 @pytest.fixture(scope="session")

@@ -11,58 +11,16 @@ from typing import Any
 
 import pytest
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-CORPUS = [
-    "The quick brown fox jumps over the lazy dog. Paris is the capital of France.",
-    "Answer the question using the documents below. Question: Document [1] Title",
-    "Berlin is in Germany. The Eiffel Tower was built in 1889 by Gustave Eiffel.",
-]
-
 QUESTION = "Who built the Eiffel Tower?"
 ANSWER = "Gustave Eiffel built the tower in 1889. It stands in Paris, the capital of France."
-
-
-def _tiny_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(CORPUS * 5, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token="<|endoftext|>"
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
-
-
-def _tiny_model(vocab_size: int, seed: int = 0):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-    )
-    return LlamaForCausalLM(cfg).eval().float()
 
 
 @pytest.fixture(scope="session")
 def lc_tiny():
     """A tiny LoadedModel (random weights, byte-level BPE tokenizer with a chat template)."""
-    from attribot_rag import LoadedModel
+    from attribot_rag.testing import tiny_loaded_model
 
-    tok = _tiny_tokenizer()
-    return LoadedModel(name="tiny", model=_tiny_model(len(tok)), tokenizer=tok)
+    return tiny_loaded_model()
 
 
 @pytest.fixture(scope="session")
