@@ -4,7 +4,7 @@ Leave-one-out context attribution made cheap (AttriBoT: KV-cache reuse, batched 
 hierarchical attribution, proxy models, proxy pruning), with ranked citations.
 """
 
-from .attributor import PRESETS, Attributor, Strategy
+from .attributor import PRESETS, Attributor, Encoded, Strategy
 from .engine import Cost, LikelihoodEngine, OutOfMemory
 from .errors import (
     AttribotError,
@@ -27,7 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AttribotError", "AttributionResult", "Attributor", "Citation", "ConfigError", "ContextTooLongError",
-    "Cost", "DEFAULT_MODEL", "DocsFileError", "EmptyAnswerError", "InputError", "LikelihoodEngine",
+    "Cost", "DEFAULT_MODEL", "DocsFileError", "EmptyAnswerError", "Encoded", "InputError", "LikelihoodEngine",
     "LoadedModel", "ModelError", "NoSourcesError", "OutOfMemory", "PRESETS", "PromptBuilder", "PromptTemplate",
     "ProxyEncodingError", "REGISTRY", "Sentence", "Source", "SpanScore", "Strategy", "UnknownModelError",
     "load_model", "split_source", "split_text",

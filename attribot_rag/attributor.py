@@ -99,6 +99,14 @@ class _Scores:
     per_sentence: torch.Tensor  # [n_ablations, n_answer_sentences]
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """A prompt's and an answer's token ids, as one model sees them."""
+
+    prompt_ids: list[int]
+    answer_ids: list[int]
+
+
 class _Scorer:
     """One model with its prompt builder and engine; scores ablations of one answer."""
 
@@ -243,6 +251,25 @@ class Attributor:
             raise EmptyAnswerError(f"{loaded.name} generated an empty answer: pass the answer text explicitly")
         return answer, time.perf_counter() - start
 
+    # ------------------------------------------------------------------ tokens
+    def encode(self, question: str, sources: Iterable[SourceLike], answer: str, *, role: str = "target",
+               ablate: Ablation | None = None) -> Encoded:
+        """The token ids attribution feeds ``role``'s model (``"target"`` or ``"proxy"``).
+
+        ``ablate`` = ``(document, sentence or None)`` gives the prompt with that span removed.
+        The answer's ids are those it is scored on (for a proxy with another tokenizer: the
+        answer text re-encoded by the proxy's tokenizer).
+        """
+        if role not in ("target", "proxy"):
+            raise ConfigError(f"unknown role {role!r}: use 'target' or 'proxy'")
+        scorer = self.target if role == "target" else self.proxy
+        if scorer is None:
+            raise ConfigError("this attributor has no proxy model: pass proxy=... or use role='target'")
+        srcs = self._prepare(sources)
+        prompt = scorer.builder.encode_prompt(question, srcs, ablate)
+        answer_ids = scorer.builder.encode_answer(answer, strict=scorer.strict).ids
+        return Encoded(prompt_ids=list(prompt), answer_ids=list(answer_ids))
+
     # ------------------------------------------------------------------ attribution
     def _prepare(self, sources: Iterable[SourceLike]):
         srcs = as_sources(sources)
@@ -335,13 +362,19 @@ class Attributor:
         """Score ``ablations`` with one model; returns a SpanScore per ablation."""
         if not ablations:
             return {}
-        cost = costs.setdefault(scorer.name, Cost())
+        cost = costs.setdefault(self._cost_key(scorer), Cost())
         scores = scorer.score(question, srcs, answer, answer_sentences, ablations, strat.engine_mode, cost, desc,
                               memo)
         return {
             a: SpanScore(a[0], a[1], float(scores.total[i]), scores.per_sentence[i].tolist(), scorer.name)
             for i, a in enumerate(ablations)
         }
+
+    def _cost_key(self, scorer: _Scorer) -> str:
+        """``timing["models"]`` key: the model's name, ``"NAME (proxy)"`` when the proxy has the target's name."""
+        if scorer is self.proxy and scorer.name == self.target.name:
+            return f"{scorer.name} (proxy)"
+        return scorer.name
 
     def _run(self, strat: Strategy, question, srcs, answer, answer_sentences, costs):
         first = self.proxy if strat.uses_proxy else self.target

@@ -564,11 +564,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 t0 = time.perf_counter()
                 answer = runner.att.generate(ex["question"], ex["sources"], max_new_tokens=args.max_new_tokens)
                 gen = time.perf_counter() - t0
-                builder = runner.att.target.builder
+                enc = runner.att.encode(ex["question"], ex["sources"], answer)
                 meta = {"fingerprint": fingerprint, "example": ex["id"], "method": "__example__", "answer": answer,
                         "generation_seconds": gen, "gold_answer": ex["answer"],
-                        "answer_tokens": len(builder.encode_answer(answer).ids),
-                        "prompt_tokens": len(builder.encode_prompt(ex["question"], ex["sources"])),
+                        "answer_tokens": len(enc.answer_ids), "prompt_tokens": len(enc.prompt_ids),
                         "sentences": len(flat_sentences(ex["sources"])), "documents": len(ex["sources"])}
                 record(meta)
             answer = meta["answer"]

@@ -65,6 +65,33 @@ def test_proxy_with_target_as_proxy_equals_target(tiny, sources):
     assert _flat(proxy) == pytest.approx(_flat(target), abs=1e-4)
 
 
+def test_same_model_as_proxy_is_costed_apart(tiny, sources):
+    att = Attributor(tiny, proxy=tiny, strategy="proxy-prune")
+    res = att.attribute(Q, sources, A)
+    work = res.timing["models"]
+    assert set(work) == {"tiny", "tiny (proxy)"}
+    n_sents = sum(len(s.sentences) for s in res.sources)
+    # the proxy scored every document then the sentences it kept; the target only rescored its shortlist
+    assert work["tiny (proxy)"]["forward_passes"] > work["tiny"]["forward_passes"] > 0
+    assert work["tiny"]["forward_passes"] <= 1 + n_sents
+
+
+def test_encode_gives_the_ids_attribution_scores(tiny, sources):
+    att = Attributor(tiny)
+    enc = att.encode(Q, sources, A)
+    builder = att.target.builder
+    srcs = att._prepare(sources)
+    assert enc.prompt_ids == builder.encode_prompt(Q, srcs)
+    assert enc.answer_ids == builder.encode_answer(A).ids and enc.answer_ids
+    ablated = att.encode(Q, sources, A, ablate=(0, None))
+    assert len(ablated.prompt_ids) < len(enc.prompt_ids)
+    assert tiny.tokenizer.decode(enc.answer_ids) == A
+    with pytest.raises(ConfigError, match="no proxy"):
+        att.encode(Q, sources, A, role="proxy")
+    with pytest.raises(ConfigError, match="unknown role"):
+        att.encode(Q, sources, A, role="draft")
+
+
 def test_proxy_pruning_rescores_shortlist_with_target(tok, tiny, sources):
     from attribot_rag.testing import tiny_model
 
