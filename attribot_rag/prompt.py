@@ -13,13 +13,46 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import ConfigError, EmptyAnswerError, ProxyEncodingError
+from .errors import ConfigError, EmptyAnswerError, InputError, ProxyEncodingError
 from .spans import Source
 
 _SENTINEL = "\x00ATTRIBOT_USER_CONTENT\x00"
 
 # (source index, sentence index) removes one sentence; (source index, None) the whole source.
 Ablation = tuple[int, int | None]
+# Earlier conversation turns, oldest first: ((role, content), ...) with role "user" or "assistant".
+History = tuple[tuple[str, str], ...]
+_ROLES = ("user", "assistant")
+
+
+def as_history(history) -> History:
+    """Validate chat history: a sequence of ``{"role", "content"}`` dicts or ``(role, content)`` pairs.
+
+    Roles are ``"user"`` and ``"assistant"``; the history precedes the turn that holds the
+    sources, and is never ablated (it is context, not a citable source).
+    """
+    if history is None:
+        return ()
+    if isinstance(history, (str, bytes, dict)):
+        raise InputError("history must be a list of messages ({'role': 'user'|'assistant', 'content': str})")
+    out = []
+    for i, msg in enumerate(history):
+        if isinstance(msg, dict):
+            role, content = msg.get("role"), msg.get("content")
+        elif isinstance(msg, (tuple, list)) and len(msg) == 2:
+            role, content = msg
+        else:
+            role = getattr(msg, "role", None)  # chat message objects (LangChain, LlamaIndex) by duck typing
+            content = getattr(msg, "content", None)
+            role = getattr(role, "value", role)
+        role = {"human": "user", "ai": "assistant"}.get(role, role)
+        if role not in _ROLES:
+            raise InputError(f"history[{i}] has role {role!r}: use 'user' or 'assistant' (put system text "
+                             "in PromptTemplate(system=...))")
+        if not isinstance(content, str):
+            raise InputError(f"history[{i}] has no text content: pass {{'role': ..., 'content': str}}")
+        out.append((role, content))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -39,6 +72,7 @@ class PromptTemplate:
     user: str = "{documents}\n\n{instruction}\n\nQuestion: {question}"
     plain: str = "{user}\n\nAnswer:"
     plain_answer_prefix: str = " "
+    plain_turn: str = "{role}: {content}\n\n"  # a history message in the plain template
     system: str | None = None
     chat: bool | None = None
 
@@ -87,37 +121,54 @@ class PromptBuilder:
             texts[doc] = None if sent is None else sources[doc].without(sources[doc].sentences[sent])
         return self.template.user_turn(question, sources, texts)
 
-    def _frame(self) -> tuple[str, str]:
-        """The text before and after the user turn's content (chat template or plain)."""
+    def _frame(self, history: History = ()) -> tuple[list[tuple[str, bool]], str]:
+        """The text before and after the user turn's content (chat template or plain).
+
+        "Before" comes as ``(text, is_content)`` pieces: history messages are content (encoded
+        as plain text like the documents), the template's own text is not.
+        """
         if not self.use_chat:
             before, _, after = self.template.plain.partition("{user}")
-            return before, after
-        messages = [{"role": "user", "content": _SENTINEL}]
+            turns = "".join(self.template.plain_turn.format(role=r.capitalize(), content=c) for r, c in history)
+            return [(turns, True), (before, False)], after
+        marks = [f"\x00ATTRIBOT_HISTORY_{i}\x00" for i in range(len(history))]
+        messages = [{"role": r, "content": m} for (r, _), m in zip(history, marks)]
+        messages.append({"role": "user", "content": _SENTINEL})
         if self.template.system is not None:
             messages.insert(0, {"role": "system", "content": self.template.system})
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         before, found, after = text.partition(_SENTINEL)
         if not found:
             raise ConfigError("the chat template dropped the user message; pass a PromptTemplate with chat=False")
-        return before, after
+        pieces: list[tuple[str, bool]] = []
+        for mark, (_, content) in zip(marks, history):
+            head, found, before = before.partition(mark)
+            if not found:
+                raise ConfigError("the chat template dropped a history message; pass a PromptTemplate with chat=False")
+            pieces += [(head, False), (content, True)]
+        return pieces + [(before, False)], after
 
-    def prompt_text(self, question: str, sources: Sequence[Source], ablation: Ablation | None = None) -> str:
+    def prompt_text(self, question: str, sources: Sequence[Source], ablation: Ablation | None = None,
+                    history: History = ()) -> str:
         """The full prompt text (up to where the answer starts) with ``ablation`` applied."""
-        before, after = self._frame()
-        return before + self._user(question, sources, ablation) + after
+        before, after = self._frame(history)
+        return "".join(t for t, _ in before) + self._user(question, sources, ablation) + after
 
-    def encode_prompt(self, question: str, sources: Sequence[Source], ablation: Ablation | None = None) -> list[int]:
+    def encode_prompt(self, question: str, sources: Sequence[Source], ablation: Ablation | None = None,
+                      history: History = ()) -> list[int]:
         """Token ids of :meth:`prompt_text`.
 
         The template's frame is tokenized with its special tokens; the user content (documents,
         question) with special-token strings split into plain text, so a document that contains
         ``<|im_end|>`` cannot close the turn or inject a role.
         """
-        before, after = self._frame()
+        before, after = self._frame(history)
         tok = self.tokenizer
         # Chat templates write their own BOS; the plain template gets the tokenizer's (if any).
         ids = [] if self.use_chat else list(tok("", add_special_tokens=True)["input_ids"])
-        ids += tok(before, add_special_tokens=False)["input_ids"] if before else []
+        for text, is_content in before:
+            if text:
+                ids += self._encode_plain(text) if is_content else tok(text, add_special_tokens=False)["input_ids"]
         user = self._user(question, sources, ablation)
         ids += self._encode_plain(user)
         ids += tok(after, add_special_tokens=False)["input_ids"] if after else []
