@@ -87,3 +87,29 @@ def test_chat_without_nodes_is_a_clear_error(attributor, make_retriever, llm, qu
     engine = _chat_engine("context", attributor, make_retriever([]), llm)
     with pytest.raises(NoSourcesError, match="no source nodes"):
         engine.chat(question)
+
+
+@pytest.mark.parametrize("kind", list(ENGINES))
+def test_second_turn_is_scored_in_its_conversation(kind, attributor, retriever, llm, nodes, question, answer):
+    engine = _chat_engine(kind, attributor, retriever, llm)
+    engine.chat(question)
+    follow_up = engine.chat("And when?")
+    meta = follow_up.metadata[METADATA_KEY]
+    history = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    pp = engine.postprocessor
+    with_history = pp.attribute_nodes(nodes, meta["question"], answer, history)
+    without = pp.attribute_nodes(nodes, meta["question"], answer)
+    got = [(n.node.node_id, n.score) for n in follow_up.source_nodes]
+    assert got == [(n.node.node_id, n.score) for n in with_history.nodes]
+    assert got != [(n.node.node_id, n.score) for n in without.nodes]
+    # history_messages=0: the turn is scored alone
+    alone = AttributedChatEngine(engine.chat_engine, pp, history_messages=0)
+    engine.reset()
+    alone.chat(question)
+    second = alone.chat("And when?")
+    assert second.metadata[METADATA_KEY]["question"] == meta["question"]
+    assert [(n.node.node_id, n.score) for n in second.source_nodes] == [
+        (n.node.node_id, n.score) for n in without.nodes
+    ]
+    with pytest.raises(ValueError, match="history_messages"):
+        AttributedChatEngine(engine.chat_engine, pp, history_messages=-1)

@@ -204,8 +204,13 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
         _require_answer(None)
         return nodes  # pragma: no cover - _require_answer(None) always raises
 
-    def attribute_nodes(self, nodes: Sequence[NodeWithScore], query_str: str, answer: str) -> AttributedNodes:
+    def attribute_nodes(
+        self, nodes: Sequence[NodeWithScore], query_str: str, answer: str, history: Sequence[Any] | None = None
+    ) -> AttributedNodes:
         """Attribute ``answer`` to ``nodes``: re-ranked nodes, the full result and citations.
+
+        ``history``: earlier chat turns shown before the question (``ChatMessage`` objects or
+        ``{"role", "content"}`` dicts, user/assistant roles), as context that is never ablated.
 
         Raises:
             NoSourcesError: ``nodes`` is empty.
@@ -214,14 +219,16 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
             attribot_rag.InputError: any other input attribot-rag rejects (too long a context, ...).
         """
         nodes, question, answer, sources = self._prepare(nodes, query_str, answer)
-        result = self.get_attributor().attribute(question, sources, answer)
+        result = self.get_attributor().attribute(question, sources, answer, history=history)
         return self._rank(nodes, sources, result)
 
-    async def aattribute_nodes(self, nodes: Sequence[NodeWithScore], query_str: str, answer: str) -> AttributedNodes:
+    async def aattribute_nodes(
+        self, nodes: Sequence[NodeWithScore], query_str: str, answer: str, history: Sequence[Any] | None = None
+    ) -> AttributedNodes:
         """Async :meth:`attribute_nodes`; the forward passes run in a worker thread."""
         nodes, question, answer, sources = self._prepare(nodes, query_str, answer)
         attributor = await asyncio.to_thread(self.get_attributor)
-        result = await asyncio.to_thread(attributor.attribute, question, sources, answer)
+        result = await asyncio.to_thread(attributor.attribute, question, sources, answer, history=history)
         return self._rank(nodes, sources, result)
 
     # ------------------------------------------------------------------ internals

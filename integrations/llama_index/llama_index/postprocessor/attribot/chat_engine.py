@@ -55,7 +55,9 @@ class AttributedChatEngine(BaseChatEngine):
 
     The question attributed with is the standalone question the engine retrieved with when it
     reports one (``CondensePlusContextChatEngine`` condenses the chat history into it), else the
-    user's message; earlier turns of the conversation are not part of the attribution prompt.
+    user's message. The last ``history_messages`` user/assistant messages before the turn are
+    rendered before it as context (never ablated), so "and when was it built?" is scored in
+    its conversation.
 
     Streaming (``stream_chat``/``astream_chat``): the wrapped stream is consumed first, since
     attribution needs the whole answer, and the returned response replays it in one chunk.
@@ -64,6 +66,7 @@ class AttributedChatEngine(BaseChatEngine):
         chat_engine: the chat engine to wrap.
         postprocessor: does the attribution (default: :class:`AttribotNodePostprocessor()`).
         use_retrieval_question: attribute with the engine's retrieval (condensed) question.
+        history_messages: how many of the latest earlier messages to score the answer in (0: none).
     """
 
     def __init__(
@@ -71,17 +74,22 @@ class AttributedChatEngine(BaseChatEngine):
         chat_engine: BaseChatEngine,
         postprocessor: AttribotNodePostprocessor | None = None,
         use_retrieval_question: bool = True,
+        history_messages: int = 4,
     ) -> None:
+        if not isinstance(history_messages, int) or history_messages < 0:
+            raise ValueError(f"history_messages must be an int >= 0, got {history_messages!r}")
         self._chat_engine = chat_engine
         self.postprocessor = postprocessor or AttribotNodePostprocessor()
         self.use_retrieval_question = use_retrieval_question
+        self.history_messages = history_messages
 
     @classmethod
     def from_defaults(
-        cls, chat_engine: BaseChatEngine, use_retrieval_question: bool = True, **kwargs: Any
+        cls, chat_engine: BaseChatEngine, use_retrieval_question: bool = True, history_messages: int = 4,
+        **kwargs: Any,
     ) -> AttributedChatEngine:
         """Wrap ``chat_engine``; ``kwargs`` build the :class:`AttribotNodePostprocessor`."""
-        return cls(chat_engine, AttribotNodePostprocessor(**kwargs), use_retrieval_question)
+        return cls(chat_engine, AttribotNodePostprocessor(**kwargs), use_retrieval_question, history_messages)
 
     @property
     def chat_engine(self) -> BaseChatEngine:
@@ -100,19 +108,23 @@ class AttributedChatEngine(BaseChatEngine):
 
     def chat(self, message: str, chat_history: list[ChatMessage] | None = None, **kwargs: Any) -> AgentChatResponse:
         """Chat, then attribute the answer over the turn's source nodes."""
+        prior = self._prior(chat_history)
         response = self._chat_engine.chat(message, chat_history, **kwargs)
         text = _drain(response)
-        attributed = self.postprocessor.attribute_nodes(response.source_nodes, self._question(message, response), text)
+        attributed = self.postprocessor.attribute_nodes(
+            response.source_nodes, self._question(message, response), text, prior
+        )
         return self._response(response, text, attributed)
 
     async def achat(
         self, message: str, chat_history: list[ChatMessage] | None = None, **kwargs: Any
     ) -> AgentChatResponse:
         """Async :meth:`chat`; attribution runs in a worker thread."""
+        prior = self._prior(chat_history)
         response = await self._chat_engine.achat(message, chat_history, **kwargs)
         text = await _adrain(response)
         attributed = await self.postprocessor.aattribute_nodes(
-            response.source_nodes, self._question(message, response), text
+            response.source_nodes, self._question(message, response), text, prior
         )
         return self._response(response, text, attributed)
 
@@ -120,23 +132,37 @@ class AttributedChatEngine(BaseChatEngine):
         self, message: str, chat_history: list[ChatMessage] | None = None, **kwargs: Any
     ) -> AttributedStreamingChatResponse:
         """Stream from the wrapped engine to the end, attribute, and replay the answer in one chunk."""
+        prior = self._prior(chat_history)
         response = self._chat_engine.stream_chat(message, chat_history, **kwargs)
         text = _drain(response)
-        attributed = self.postprocessor.attribute_nodes(response.source_nodes, self._question(message, response), text)
+        attributed = self.postprocessor.attribute_nodes(
+            response.source_nodes, self._question(message, response), text, prior
+        )
         return self._streaming(response, text, attributed)
 
     async def astream_chat(
         self, message: str, chat_history: list[ChatMessage] | None = None, **kwargs: Any
     ) -> AttributedStreamingChatResponse:
         """Async :meth:`stream_chat`."""
+        prior = self._prior(chat_history)
         response = await self._chat_engine.astream_chat(message, chat_history, **kwargs)
         text = await _adrain(response)
         attributed = await self.postprocessor.aattribute_nodes(
-            response.source_nodes, self._question(message, response), text
+            response.source_nodes, self._question(message, response), text, prior
         )
         return self._streaming(response, text, attributed)
 
     # ------------------------------------------------------------------ internals
+    def _prior(self, chat_history: list[ChatMessage] | None) -> list[dict[str, str]]:
+        """The latest user/assistant messages before this turn (read before the engine adds the turn)."""
+        if self.history_messages == 0:
+            return []
+        messages = chat_history if chat_history is not None else self._chat_engine.chat_history
+        roles = {MessageRole.USER: "user", MessageRole.ASSISTANT: "assistant"}
+        kept = [{"role": roles[m.role], "content": m.content} for m in messages
+                if m.role in roles and isinstance(m.content, str) and m.content.strip()]
+        return kept[-self.history_messages:]
+
     def _question(self, message: str, response: AgentChatResponse | StreamingAgentChatResponse) -> str:
         """The standalone question the engine retrieved with, else the user's message."""
         if self.use_retrieval_question:
