@@ -23,6 +23,8 @@ from .errors import ChainInputError, DocumentIdError
 QUESTION_KEYS = ("question", "input", "query")
 DOCUMENTS_KEYS = ("context", "documents", "docs", "source_documents")
 ANSWER_KEYS = ("answer", "output", "result", "response")
+HISTORY_KEYS = ("chat_history", "history")
+_HISTORY_ROLES = {"human": "user", "ai": "assistant", "user": "user", "assistant": "assistant"}
 
 SCORE_KEY = "attribot_score"  # added to the metadata of the documents in ``used_context``
 SHARE_KEY = "attribot_share"
@@ -109,6 +111,35 @@ def answer_text(answer: Any, key: str = "answer") -> str:
     )
 
 
+def history_messages(value: Any, key: str = "chat_history") -> list[dict[str, str]]:
+    """Earlier turns as ``{"role", "content"}`` dicts: human/AI messages (or such dicts / pairs).
+
+    System and tool messages are left out (they are instructions and tool traffic, not turns of
+    the conversation the answer continues); a message without text is left out too.
+    """
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
+        raise ChainInputError(f"{key!r} is a {type(value).__name__}; chat history must be a list of messages")
+    out = []
+    for i, m in enumerate(value):
+        if isinstance(m, BaseMessage):
+            role, content = m.type, m.text
+        elif isinstance(m, Mapping):
+            role, content = m.get("role"), m.get("content")
+        elif isinstance(m, (tuple, list)) and len(m) == 2:
+            role, content = m
+        else:
+            raise ChainInputError(f"{key!r}[{i}] is a {type(m).__name__}; expected a message, a dict or a pair")
+        if role in ("system", "tool", "function"):
+            continue
+        if role not in _HISTORY_ROLES:
+            raise ChainInputError(f"{key!r}[{i}] has role {role!r}: use human/ai (user/assistant) messages")
+        if isinstance(content, str) and content.strip():
+            out.append({"role": _HISTORY_ROLES[role], "content": content})
+    return out
+
+
 def check_documents(value: Any, key: str = "context") -> list[Document]:
     """The retrieved documents: a non-empty list of ``Document`` objects."""
     if isinstance(value, str):
@@ -181,12 +212,16 @@ def cite(
     documents: Sequence[Document],
     answer: str | BaseMessage,
     options: CiteOptions,
+    history: Sequence[Mapping[str, str]] = (),
 ) -> Cited:
-    """Attribute ``answer`` to ``documents`` and convert the result (blocking: run it off the event loop)."""
+    """Attribute ``answer`` to ``documents`` and convert the result (blocking: run it off the event loop).
+
+    ``history``: earlier turns (see :func:`history_messages`), scored as context, never cited.
+    """
     text = answer_text(answer)
     sources = to_sources(documents, options.id_key)
     with attributor_lock(attributor):
-        result = attributor.attribute(question, sources, text)
+        result = attributor.attribute(question, sources, text, history=list(history))
     citations = citation_dicts(result, options.top_k, options.min_score)
     used = used_documents(documents, result, options.used_min_score, options.used_min_share)
     summary = summarize(result, attributor, citations, options)

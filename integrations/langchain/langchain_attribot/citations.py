@@ -13,11 +13,13 @@ from langchain_core.runnables.utils import AddableDict
 from ._convert import (
     ANSWER_KEYS,
     DOCUMENTS_KEYS,
+    HISTORY_KEYS,
     QUESTION_KEYS,
     Cited,
     CiteOptions,
     check_documents,
     cite,
+    history_messages,
     pick_key,
     question_text,
 )
@@ -77,6 +79,9 @@ class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
             above ``used_min_score`` nats and (if set) it holds ``used_min_share`` of the total.
         question_key / documents_key / answer_key: name the input keys explicitly.
         id_key: metadata key to read a document's id from when ``Document.id`` is ``None``.
+        history_key: the key holding earlier chat turns (default: ``chat_history`` or ``history``
+            when present). They are scored as context before the question, never cited.
+        history_messages: keep only the latest this many history messages (``None``: all).
         citations_key / used_context_key / cited_answer_key: output key names.
         stream_input: in ``stream``, pass input chunks through (``False``: yield one final chunk).
     """
@@ -100,6 +105,8 @@ class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
         documents_key: str | None = None,
         answer_key: str | None = None,
         id_key: str | None = None,
+        history_key: str | None = None,
+        history_messages: int | None = None,
         citations_key: str = "citations",
         used_context_key: str = "used_context",
         cited_answer_key: str = "cited_answer",
@@ -111,6 +118,10 @@ class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
         self.question_key = question_key
         self.documents_key = documents_key
         self.answer_key = answer_key
+        if history_messages is not None and (not isinstance(history_messages, int) or history_messages < 0):
+            raise ValueError(f"history_messages must be None or an int >= 0, got {history_messages!r}")
+        self.history_key = history_key
+        self.history_messages = history_messages
         self.citations_key = citations_key
         self.used_context_key = used_context_key
         self.cited_answer_key = cited_answer_key
@@ -137,7 +148,14 @@ class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
         ak = pick_key(values, self.answer_key, ANSWER_KEYS, "answer")
         question = question_text(values[qk], qk)
         documents = check_documents(values[dk], dk)
-        return cite(self.attributor, question, documents, values[ak], self.options)
+        if self.history_key is not None and self.history_key not in values:
+            raise ChainInputError(f"the chain output has no {self.history_key!r} key for the chat history "
+                                  f"(keys: {sorted(map(str, values))})")
+        hk = self.history_key or next((k for k in HISTORY_KEYS if k in values), None)
+        history = history_messages(values.get(hk), hk) if hk else []
+        if self.history_messages is not None:
+            history = history[-self.history_messages:] if self.history_messages else []
+        return cite(self.attributor, question, documents, values[ak], self.options, history)
 
     def _additions(self, values: Mapping[str, Any]) -> dict[str, Any]:
         cited = self.cite(values)  # checks that ``values`` is a mapping

@@ -298,3 +298,28 @@ def test_documents_may_take_their_id_from_metadata(lc_tiny, docs):
     out = _step(lc_tiny, id_key="source_id").invoke({"question": QUESTION, "context": no_ids, "answer": ANSWER})
     ref = _step(lc_tiny).invoke({"question": QUESTION, "context": docs, "answer": ANSWER})
     assert [c["document_id"] for c in out["citations"]] == [c["document_id"] for c in ref["citations"]]
+
+
+def test_chat_history_is_scored_as_context(lc_tiny, lc_attributor, values, docs):
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    history = [SystemMessage("be brief"), HumanMessage("Tell me about Paris."), AIMessage("It is in France.")]
+    turns = [{"role": "user", "content": "Tell me about Paris."}, {"role": "assistant", "content": "It is in France."}]
+    sources = [{"id": d.id, "text": d.page_content, "metadata": d.metadata} for d in docs]
+    expected = lc_attributor.attribute(QUESTION, sources, ANSWER, history=turns).citations()
+    plain = _step(lc_tiny).invoke(values)["citations"]
+    for step, vals in [(_step(lc_tiny), {**values, "chat_history": history}),
+                       (_step(lc_tiny, history_key="msgs"), {**values, "msgs": history})]:
+        cites = step.invoke(vals)["citations"]
+        assert [c["score"] for c in cites] == pytest.approx([c.score for c in expected])
+        assert [c["score"] for c in cites] != pytest.approx([c["score"] for c in plain])
+    # history_messages=0 ignores it; a wrong key or shape is a clear error
+    assert _step(lc_tiny, history_messages=0).invoke({**values, "chat_history": history})["citations"] == plain
+    from langchain_attribot import ChainInputError
+
+    with pytest.raises(ChainInputError, match="no 'msgs' key"):
+        _step(lc_tiny, history_key="msgs").invoke(values)
+    with pytest.raises(ChainInputError, match="must be a list of messages"):
+        _step(lc_tiny).invoke({**values, "chat_history": "hi"})
+    with pytest.raises(ValueError, match="history_messages"):
+        _step(lc_tiny, history_messages=-2)
