@@ -8,6 +8,7 @@ from .attributor import PRESETS, Attributor, Encoded, Strategy
 from .engine import Cost, LikelihoodEngine, OutOfMemory
 from .errors import (
     AttribotError,
+    BatchError,
     ConfigError,
     ContextTooLongError,
     DocsFileError,
@@ -26,7 +27,7 @@ from .spans import Sentence, Source, split_source, split_text
 __version__ = "0.1.0"
 
 __all__ = [
-    "AttribotError", "AttributionResult", "Attributor", "Citation", "ConfigError", "ContextTooLongError",
+    "AttribotError", "AttributionResult", "Attributor", "BatchError", "Citation", "ConfigError", "ContextTooLongError",
     "Cost", "DEFAULT_MODEL", "DocsFileError", "EmptyAnswerError", "Encoded", "InputError", "LikelihoodEngine",
     "LoadedModel", "ModelError", "NoSourcesError", "OutOfMemory", "PRESETS", "PromptBuilder", "PromptTemplate",
     "ProxyEncodingError", "REGISTRY", "Sentence", "Source", "SpanScore", "Strategy", "UnknownModelError",

@@ -1,4 +1,4 @@
-"""``attribot-rag`` command line: ``cite`` an answer, list / pull the embedded ``models``."""
+"""``attribot-rag`` command line: ``cite`` an answer, ``batch`` a log of answers, list / pull ``models``."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import argparse
 import json
 import os
 import sys
-import textwrap
 
+from .batch import add_batch_parser, run_batch_command
 from .docs_io import EXAMPLE_DOCS, EXAMPLE_QUESTION, load_docs
 from .errors import AttribotError
 from .models import DEFAULT_MODEL, REGISTRY
@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     cite.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: auto)")
     cite.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: auto)")
     cite.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    cite.add_argument("--html", default=None, metavar="FILE",
+                      help="also write the visual citations (answer with markers, highlighted sources) to FILE")
     cite.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     models = sub.add_parser("models", help="list or pull the embedded models")
@@ -42,11 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     msub.add_parser("list", help="list the embedded models")
     pull = msub.add_parser("pull", help="install and convert an embedded model now")
     pull.add_argument("name", choices=sorted(REGISTRY))
+    add_batch_parser(sub)
     return parser
 
 
 def _cite(args) -> int:
     from .attributor import Attributor
+    from .render import render_terminal, save_html
 
     if args.top_k < 1:
         raise AttribotError("--top-k must be >= 1")
@@ -60,6 +64,12 @@ def _cite(args) -> int:
         progress=not args.no_progress and not args.json,
     )
     result = attributor.attribute(question, docs, args.answer, max_new_tokens=args.max_new_tokens)
+    if args.html:
+        try:
+            path = save_html(result, args.html, top_k=args.top_k)
+        except OSError as exc:
+            raise AttribotError(f"cannot write the HTML view to {args.html}: {exc}") from exc
+        print(f"attribot-rag: HTML view written to {path}", file=sys.stderr)
     if args.json:
         d = result.to_dict(top_k=args.top_k)
         out = {
@@ -76,22 +86,7 @@ def _cite(args) -> int:
         }
         print(json.dumps(out, ensure_ascii=False, indent=2))
         return 0
-    print(f"Question: {question}\n")
-    print("Answer:   " + textwrap.fill(result.marked_answer(top_k=args.top_k), 100, subsequent_indent="          "))
-    print(f"\nCitations ({result.strategy}; LOO score = drop in answer log-likelihood, nats):")
-    print(f"{'#':>3}  {'source':<24} {'score':>7} {'share':>6}  sentence")
-    for c in result.citations(top_k=args.top_k):
-        src = f"[{c.source_index + 1}] {c.source_id}"[:24]
-        sent = c.sentence if len(c.sentence) <= 70 else c.sentence[:67] + "..."
-        print(f"{c.rank:>3}  {src:<24} {c.score:>7.3f} {c.share:>6.1%}  {sent}")
-    used = {s.id for s in result.used_sources()}
-    print("\nSources used: " + (", ".join(f"[{i + 1}] {s.id}" for i, s in enumerate(result.sources) if s.id in used)
-                                or "none above the threshold"))
-    t = result.timing
-    gen = f", generation {t['generation_seconds']:.1f}s" if t.get("generation_seconds") else ""
-    work = "; ".join(f"{m}: {c['forward_passes']} passes, {c['forward_tokens']} tokens"
-                     for m, c in t["models"].items())
-    print(f"Time: {t['total_seconds']:.1f}s total{gen} ({work})")
+    render_terminal(result, top_k=args.top_k)
     return 0
 
 
@@ -107,7 +102,7 @@ def _models(args) -> int:
     return 0
 
 
-_COMMANDS = {"cite": _cite, "models": _models}
+_COMMANDS = {"cite": _cite, "models": _models, "batch": run_batch_command}
 
 
 def main(argv: list[str] | None = None) -> int:

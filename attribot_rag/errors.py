@@ -35,6 +35,11 @@ class ConfigError(InputError):
     """An option or strategy setting is invalid."""
 
 
+class BatchError(AttribotError):
+    """A batch job cannot start or go on: its input, output folder or arguments cannot be used, another
+    job owns the folder, or its workers fail (a bad *record* is an error row, not this)."""
+
+
 class ModelError(AttribotError):
     """A model could not be found, installed, verified or loaded."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .spans import Sentence, Source
@@ -129,15 +130,25 @@ class AttributionResult:
         """The retrieved sources the answer used (see :meth:`used_mask`), in retrieval order."""
         return [s for s, used in zip(self.sources, self.used_mask(min_score, min_share)) if used]
 
-    def marked_answer(self, top_k: int = 5, per_sentence: int = 3) -> str:
-        """The answer with ``[n]`` markers (n = 1-based source number) after each sentence,
-        from the ``top_k`` citations that support it."""
+    def answer_marks(self, top_k: int = 5, per_sentence: int = 3, min_score: float = 0.1) -> dict[int, list[int]]:
+        """``{answer sentence index: [1-based source numbers]}`` from the ``top_k`` citations
+        that support each sentence, at most ``per_sentence`` sources a sentence.
+
+        Citations scoring ``min_score`` nats or less make no marker: a drop that small is within
+        the noise of reduced-precision scoring, and a marker claims the answer used the source.
+        """
         marks: dict[int, list[int]] = {}
-        for c in self.citations(top_k=top_k):
+        for c in self.citations(top_k=top_k, min_score=min_score):
             for j in c.answer_sentences:
                 nums = marks.setdefault(j, [])
                 if c.source_index + 1 not in nums and len(nums) < per_sentence:
                     nums.append(c.source_index + 1)
+        return marks
+
+    def marked_answer(self, top_k: int = 5, per_sentence: int = 3, min_score: float = 0.1) -> str:
+        """The answer with ``[n]`` markers (n = 1-based source number) after each sentence,
+        from the ``top_k`` citations above ``min_score`` nats that support it."""
+        marks = self.answer_marks(top_k, per_sentence, min_score)
         out, pos = [], 0
         for j, s in enumerate(self.answer_sentences):
             out.append(self.answer[pos : s.end])
@@ -174,3 +185,19 @@ class AttributionResult:
 
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), **kwargs)
+
+    # Visual citations (see :mod:`attribot_rag.render`).
+    def to_html(self, **kwargs: Any) -> str:
+        """Self-contained HTML: the marked answer and the sources highlighted by score (:func:`render.to_html`)."""
+        from .render import to_html
+
+        return to_html(self, **kwargs)
+
+    def save_html(self, path: str | Path, **kwargs: Any) -> Path:
+        """Write the HTML view as a standalone page (:func:`render.save_html`); returns the path."""
+        from .render import save_html
+
+        return save_html(self, path, **kwargs)
+
+    def _repr_html_(self) -> str:  # Jupyter shows the HTML view inline
+        return self.to_html()

@@ -37,3 +37,43 @@ def smollm2():
     from attribot_rag import load_model
 
     return load_model("smollm2-135m", device="cpu", dtype="fp32")
+
+
+@pytest.fixture
+def rendered_result():
+    """A hand-scored AttributionResult over the bundled example corpus plus a document holding
+    markup (for the renderers): two answer sentences, positive, negative and unscored spans."""
+    from attribot_rag import AttributionResult, SpanScore, split_source, split_text
+    from attribot_rag.docs_io import EXAMPLE_DOCS, EXAMPLE_QUESTION, load_docs
+    from attribot_rag.spans import Source
+
+    docs = load_docs(EXAMPLE_DOCS)[:4]
+    docs.append(Source("markup", 'Beware <script>alert("x")</script> & <b>bold</b> claims. Nothing else here.',
+                       {"title": "<i>Markup</i>", "url": "javascript:alert(1)"}))
+    sources = [split_source(s) for s in docs]
+    answer = "The lighthouse was designed by Ingrid Holmsen. It was first lit on 14 October 1897."
+    # (source, sentence) -> (score for answer sentence 0, score for answer sentence 1); others unscored.
+    table = {
+        (0, 0): (0.4, 0.1), (0, 1): (6.0, 0.2), (0, 2): (0.1, 4.5), (0, 3): (-0.3, 0.0),
+        (1, 0): (1.5, -0.2), (1, 1): (0.2, 0.0), (1, 2): (-1.2, 0.1),
+        (4, 0): (0.05, 0.0), (4, 1): (0.0, -0.02),
+    }
+    sentence_scores = []
+    for i, src in enumerate(sources):
+        row = []
+        for k in range(len(src.sentences)):
+            if (i, k) in table:
+                a, b = table[(i, k)]
+                row.append(SpanScore(i, k, a + b, [a, b], "smollm2-135m"))
+            else:
+                row.append(SpanScore(i, k, 0.0, [0.0, 0.0], "not scored"))
+        sentence_scores.append(row)
+    doc_scores = [SpanScore(i, None, sum(s.score for s in row),
+                            [sum(s.answer_sentence_scores[j] for s in row) for j in range(2)], "sum of sentences")
+                  for i, row in enumerate(sentence_scores)]
+    return AttributionResult(
+        question=EXAMPLE_QUESTION, answer=answer, sources=sources, answer_sentences=split_text(answer, None),
+        document_scores=doc_scores, sentence_scores=sentence_scores, strategy="hierarchical",
+        timing={"total_seconds": 1.25, "generation_seconds": None,
+                "models": {"smollm2-135m": {"forward_passes": 12, "forward_tokens": 3456, "seconds": 1.2}}},
+    )

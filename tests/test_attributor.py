@@ -148,6 +148,12 @@ def test_result_citations_offsets_and_json(attributor, sources):
     assert res.used_mask(min_score=-1e9, min_share=0.3) == [sh >= 0.3 for sh in shares]
     marked = res.marked_answer()
     assert marked.replace("[1]", "").replace("[2]", "").replace("[3]", "") == A
+    # markers only for citations above min_score (a weak drop is no claim of use)
+    assert res.marked_answer(min_score=1e9) == A and res.answer_marks(min_score=1e9) == {}
+    weak = {c.source_index + 1 for c in res.citations(top_k=5) if c.score <= 0.1}
+    strong = {c.source_index + 1 for c in res.citations(top_k=5) if c.score > 0.1}
+    marked_sources = {n for v in res.answer_marks().values() for n in v}
+    assert marked_sources <= strong and (weak - strong).isdisjoint(marked_sources)
 
 
 def test_generation_when_no_answer(tiny, sources):

@@ -1,0 +1,193 @@
+"""The HTML and terminal renderers (attribot_rag.render), on a hand-scored result and the tiny model."""
+
+import html
+import json
+import re
+from html.parser import HTMLParser
+
+import pytest
+from rich.console import Console
+
+from attribot_rag import Attributor
+from attribot_rag.cli import main
+from attribot_rag.render import render_terminal, save_html, score_colour, to_html, view_scale
+
+
+class _Collect(HTMLParser):
+    """Every start tag with its attributes, and the text inside <script> elements."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.scripts: list[str] = []
+        self._in_script = False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        self._in_script = tag == "script"
+
+    def handle_endtag(self, tag):
+        self._in_script = False
+
+    def handle_data(self, data):
+        if self._in_script:
+            self.scripts.append(data)
+
+
+def _parse(text: str) -> _Collect:
+    p = _Collect()
+    p.feed(text)
+    return p
+
+
+def _by_class(p: _Collect, cls: str) -> list[dict]:
+    return [a for _, a in p.tags if cls in (a.get("class") or "").split()]
+
+
+def test_markup_in_documents_is_rendered_as_text(rendered_result):
+    out = to_html(rendered_result)
+    p = _parse(out)
+    # Only the renderer's own picker script; the document's <script> is text.
+    assert [t for t, _ in p.tags].count("script") == 1
+    assert all("alert" not in s for s in p.scripts)
+    assert '&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;' in out
+    assert "<b>bold</b>" not in out and "<i>Markup</i>" not in out
+    assert "&lt;i&gt;Markup&lt;/i&gt;" in out
+    assert "javascript:" not in out  # a non-http(s) url is not linked
+    # Every highlighted span's escaped text round-trips to exactly its sentence.
+    spans = [html.unescape(t) for t in re.findall(r'<span class="ab-sent[^"]*"[^>]*>(.*?)</span>', out)]
+    assert spans == [s.text for src in rendered_result.sources for s in src.sentences]
+    assert 'Beware <script>alert("x")</script> & <b>bold</b> claims.' in spans
+
+
+def test_structure_scores_and_markers(rendered_result):
+    r = rendered_result
+    out = to_html(r, element_id="view1")
+    p = _parse(out)
+    sents = _by_class(p, "ab-sent")
+    assert len(sents) == sum(len(s.sentences) for s in r.sources)
+    flat = [s for row in r.sentence_scores for s in row]
+    for attrs, sc in zip(sents, flat):
+        if sc.scored:
+            assert float(attrs["data-score"]) == pytest.approx(sc.score, abs=1e-6)
+            assert f"{sc.score:+.3f} nats" in attrs["title"]
+            views = json.loads(attrs["data-v"])
+            assert len(views) == 1 + len(r.answer_sentences)
+            assert [v[2] for v in views[1:]] == pytest.approx(sc.answer_sentence_scores, abs=1e-6)
+        else:
+            assert "ab-unscored" in attrs["class"] and "not scored" in attrs["title"]
+    # Markers: exactly those of marked_answer, linking to the source elements.
+    marks = r.answer_marks()
+    markers = _by_class(p, "ab-marker")
+    assert [(int(m["data-j"]), int(m["data-source"]) + 1) for m in markers] == [
+        (j, n) for j in sorted(marks) for n in sorted(marks[j])]
+    ids = {a.get("id") for _, a in p.tags}
+    assert all(m["href"][1:] in ids for m in markers)
+    assert re.sub(r"<[^>]+>", "", out.split('class="ab-answer">')[1].split("</div>")[0]) == html.escape(
+        r.marked_answer(), quote=True)
+    # One picker button per answer sentence plus "whole answer"; ids derive from element_id.
+    assert [b["data-view"] for b in _by_class(p, "ab-pick")] == ["0", "1", "2"]
+    assert "view1-src-0" in ids and "'view1'" in p.scripts[0]
+
+
+def test_colour_scale():
+    assert score_colour(0.0, 2.0) == "" and score_colour(1.0, 0.0) == ""
+    hot, mid = score_colour(2.0, 2.0), score_colour(1.0, 2.0)
+    assert hot == score_colour(50.0, 2.0)  # capped at the scale
+    r, g, b = map(int, re.findall(r"\d+", hot))
+    assert r > g > b  # orange
+    r2, g2, b2 = map(int, re.findall(r"\d+", score_colour(-2.0, 2.0)))
+    assert b2 > g2 > r2  # blue
+    assert sum(map(int, re.findall(r"\d+", mid))) > r + g + b  # lighter for a smaller score
+    assert view_scale([1.0, 3.0, -5.0]) == 3.0 and view_scale([-1.0, -4.0]) == 4.0 and view_scale([]) == 0.0
+
+
+def test_highlight_follows_scores(rendered_result):
+    p = _parse(to_html(rendered_result))
+    sents = {(a.get("data-k"), a.get("data-score")): a for a in _by_class(p, "ab-sent")}
+    top = sents[("1", "6.2")]
+    assert "background:" in top.get("style", "")
+    # In answer sentence 2's view the "first lit" sentence is the darkest.
+    views = json.loads(sents[("2", "4.6")]["data-v"])
+    assert views[2][0] == score_colour(1.0, 1.0)
+    assert views[1][0] != views[2][0]
+    negative = sents[("2", "-1.1")]  # -1.2 + 0.1
+    r, g, b = map(int, re.findall(r"\d+", negative["style"]))
+    assert b > r
+
+
+def test_repr_html_save_html_and_stable_ids(rendered_result, tmp_path):
+    r = rendered_result
+    assert r._repr_html_() == r.to_html() == to_html(r)
+    assert r.to_html() == r.to_html()  # deterministic
+    path = r.save_html(tmp_path / "sub" / "view.html")
+    page = path.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in page
+    assert to_html(r) in page
+    assert save_html(r, tmp_path / "v2.html", collapse_unused=True).read_text().count("<details") == sum(
+        not u for u in r.used_mask())
+    with pytest.raises(ValueError, match="element_id"):
+        to_html(r, element_id="x'); alert(1); ('")
+
+
+def test_single_sentence_answer_has_no_picker(tiny, sources):
+    r = Attributor(tiny, strategy="batched").attribute("Who built the tower?", sources, "Gustave Eiffel.")
+    out = r.to_html()
+    p = _parse(out)
+    assert not _by_class(p, "ab-pick") and not p.scripts and "<script>" not in out
+    assert len(_by_class(p, "ab-sent")) == sum(len(s.sentences) for s in r.sources)
+
+
+def test_render_terminal(rendered_result):
+    r = rendered_result
+    r.sources[1].id = "[bold]not-markup"
+    con = Console(record=True, width=140, color_system="truecolor", force_terminal=True)
+    render_terminal(r, console=con)
+    text = con.export_text(clear=False)
+    assert "Answer:   " + r.marked_answer() in text and "Citations (hierarchical" in text
+    assert "[2] [bold]not-markup" in text  # ids are never parsed as rich markup
+    assert "Sources used:" in text and "The tower was designed by the engineer Ingrid Holmsen." in text
+    assert "Time: 1.2s total" in text
+    # On a colour terminal the top sentence carries its highlight colour.
+    ansi = con.export_html(inline_styles=True)
+    r_, g_, b_ = map(int, re.findall(r"\d+", score_colour(1.0, 1.0)))
+    assert f"#{r_:02x}{g_:02x}{b_:02x}" in ansi
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny):
+    d = tmp_path_factory.mktemp("tiny-model-render")
+    tiny.model.save_pretrained(d)
+    tiny.tokenizer.save_pretrained(d)
+    return d
+
+
+def test_cli_html_option(capsys, model_dir, tmp_path):
+    out_file = tmp_path / "cite.html"
+    code = main(["cite", "--target", str(model_dir), "--dtype", "fp32", "--answer",
+                 "Ingrid Holmsen designed it. It was lit in 1897.", "--strategy", "batched", "--json",
+                 "--html", str(out_file)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    json.loads(captured.out)  # --json output stays pure JSON
+    assert "HTML view written to" in captured.err
+    page = out_file.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and "ab-sent" in page
+    # The table output is rendered with rich and still names its parts.
+    code = main(["cite", "--target", str(model_dir), "--dtype", "fp32", "--answer", "Ingrid Holmsen.",
+                 "--no-progress", "--html", str(tmp_path / "d" / "x.html")])
+    captured = capsys.readouterr()
+    assert code == 0 and "Citations" in captured.out and "Answer:" in captured.out
+    assert (tmp_path / "d" / "x.html").is_file()
+    assert main(["cite", "--target", str(model_dir), "--answer", "x.", "--html", str(tmp_path)]) == 2
+    assert "cannot write the HTML view" in capsys.readouterr().err
+
+
+def test_render_terminal_without_colours_skips_source_text(rendered_result):
+    con = Console(record=True, width=120, color_system=None)
+    render_terminal(rendered_result, console=con, top_k=2)
+    text = con.export_text()
+    assert "Sources used: [1] skarvoy-lighthouse" in text
+    assert "Its white cast-iron tower" not in text  # not cited in the top 2, and no source text
+    render_terminal(rendered_result, console=con, top_k=2, show_sources=True)
+    assert "Its white cast-iron tower" in con.export_text()
