@@ -18,6 +18,15 @@ def tiny(tok):
     return LoadedModel(name="tiny", model=tiny_model(len(tok)), tokenizer=tok)
 
 
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, tiny):
+    """The tiny model saved as a local model folder (what the CLI and batch workers load)."""
+    d = tmp_path_factory.mktemp("tiny-model")
+    tiny.model.save_pretrained(d)
+    tiny.tokenizer.save_pretrained(d)
+    return d
+
+
 @pytest.fixture
 def sources():
     from attribot_rag import Source

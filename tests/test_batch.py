@@ -59,14 +59,6 @@ def _strip(rows: list[dict]) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny):
-    d = tmp_path_factory.mktemp("tiny-model")
-    tiny.model.save_pretrained(d)
-    tiny.tokenizer.save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="module")
 def small(tmp_path_factory, model_dir):
     """12 good + 8 bad records, run once locally: (input, output folder, summary)."""
     d = tmp_path_factory.mktemp("small")

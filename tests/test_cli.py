@@ -9,14 +9,6 @@ from attribot_rag.cli import main
 from attribot_rag.docs_io import EXAMPLE_DOCS, load_docs
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny):
-    d = tmp_path_factory.mktemp("tiny-model")
-    tiny.model.save_pretrained(d)
-    tiny.tokenizer.save_pretrained(d)
-    return d
-
-
 @pytest.fixture
 def docs_file(tmp_path):
     p = tmp_path / "docs.jsonl"

@@ -154,14 +154,6 @@ def test_render_terminal(rendered_result):
     assert f"#{r_:02x}{g_:02x}{b_:02x}" in ansi
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny):
-    d = tmp_path_factory.mktemp("tiny-model-render")
-    tiny.model.save_pretrained(d)
-    tiny.tokenizer.save_pretrained(d)
-    return d
-
-
 def test_cli_html_option(capsys, model_dir, tmp_path):
     out_file = tmp_path / "cite.html"
     code = main(["cite", "--target", str(model_dir), "--dtype", "fp32", "--answer",
