@@ -77,11 +77,17 @@ PRESETS: dict[str, Strategy] = {
 
 
 def resolve_strategy(strategy: str | Strategy, has_proxy: bool) -> Strategy:
-    """A preset name or a :class:`Strategy`; ``"auto"`` picks the recommended default."""
+    """A preset name or a :class:`Strategy`; ``"auto"`` picks the recommended default.
+
+    ``"auto"`` is ``"hierarchical"`` on the target, with or without a proxy: in the faithfulness
+    benchmark (``benchmarks/results/faithfulness.md``) it was faster and more faithful to exact
+    LOO than proxy pruning with a SmolLM2 proxy for a Qwen2.5-0.5B target, so a proxy is used
+    only when a proxy strategy is asked for.
+    """
     if isinstance(strategy, Strategy):
         s = strategy
     elif strategy == "auto":
-        s = PRESETS["proxy-prune" if has_proxy else "hierarchical"]
+        s = PRESETS["hierarchical"]
     elif strategy in PRESETS:
         s = PRESETS[strategy]
     else:
@@ -223,6 +229,9 @@ class Attributor:
             strict = self.tokenizer_path != "shared"
             self.proxy = _Scorer(p, self.template, LikelihoodEngine(p.model, **engine_kw), strict=strict)
         self.strategy = resolve_strategy(strategy, self.proxy is not None)
+        if self.proxy is not None and not self.strategy.uses_proxy:
+            logger.info("strategy %r does not use the proxy %s: pass strategy='proxy-prune' (or another proxy "
+                        "strategy) to use it", self.strategy.name, self.proxy.name)
 
     # ------------------------------------------------------------------ generation
     @torch.inference_mode()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from attribot_rag import (
+    PRESETS,
     Attributor,
     ConfigError,
     ContextTooLongError,
@@ -63,6 +64,13 @@ def test_proxy_with_target_as_proxy_equals_target(tiny, sources):
     target = att.attribute(Q, sources, A, strategy="batched")
     proxy = att.attribute(Q, sources, A, strategy="proxy")
     assert _flat(proxy) == pytest.approx(_flat(target), abs=1e-4)
+
+
+def test_auto_is_hierarchical_on_the_target_even_with_a_proxy(tiny, sources):
+    att = Attributor(tiny, proxy=tiny)
+    assert att.strategy == PRESETS["hierarchical"] and not att.strategy.uses_proxy
+    res = att.attribute(Q, sources, A)
+    assert set(res.timing["models"]) == {"tiny"} and res.timing["proxy_tokenizer"] is None
 
 
 def test_same_model_as_proxy_is_costed_apart(tiny, sources):
