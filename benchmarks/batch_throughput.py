@@ -106,8 +106,8 @@ def main(argv=None) -> None:
     result = {
         "target": args.target, "dtype": args.dtype or str(default_dtype("cpu")).replace("torch.", ""),
         "strategy": "auto", "records": args.n, "documents_per_record": args.docs, "shard_size": args.shard_size,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "note":
-                    "2-core CPU shared with other jobs while measured; wall times are noisy"},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "load_1m_at_end": os.getloadavg()[0]},  # other jobs on the machine skew wall times
         "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")},
         "command": " ".join([*(f"{k}={v}" for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY") if (v := os.environ.get(k))),
                              f"python -m benchmarks.batch_throughput --n {args.n} --target {args.target} "
