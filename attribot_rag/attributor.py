@@ -330,7 +330,7 @@ class Attributor:
         return AttributionResult(
             question=question, answer=answer, sources=srcs, answer_sentences=answer_sentences,
             document_scores=docs, sentence_scores=sents, strategy=strat.name, timing=timing,
-            dropped_sources=dropped,
+            dropped_sources=dropped, history=[{"role": r, "content": c} for r, c in hist],
         )
 
     async def aattribute(self, question: str, sources: Iterable[SourceLike], answer: str | None = None,

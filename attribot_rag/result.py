@@ -71,7 +71,9 @@ class AttributionResult:
 
     ``document_scores[i]`` scores source ``i``; ``sentence_scores[i][k]`` scores sentence ``k``
     of source ``i``. Scores are in nats of answer log-likelihood; positive = the answer relies
-    on the span. ``timing`` holds wall seconds and each model's forward work.
+    on the span. ``timing`` holds wall seconds and each model's forward work. ``history`` is
+    the earlier chat turns the answer was scored in (``[{"role", "content"}, ...]``; context,
+    never ablated).
     """
 
     question: str
@@ -83,6 +85,7 @@ class AttributionResult:
     strategy: str
     timing: dict[str, Any] = field(default_factory=dict)
     dropped_sources: list[Source] = field(default_factory=list)
+    history: list[dict[str, str]] = field(default_factory=list)
 
     def citations(self, top_k: int | None = None, min_score: float = 0.0) -> list[Citation]:
         """Sentences ranked by score (highest first), those scoring above ``min_score``.
@@ -180,6 +183,7 @@ class AttributionResult:
             "answer_sentences": [{"index": s.index, "start": s.start, "end": s.end, "text": s.text}
                                  for s in self.answer_sentences],
             "dropped_sources": [s.id for s in self.dropped_sources],
+            "history": [dict(m) for m in self.history],
             "timing": self.timing,
         }
 

@@ -1,5 +1,7 @@
 """Chat history: earlier turns are rendered before the sources' turn, never ablated, never parsed as markup."""
 
+import json
+
 import pytest
 
 from attribot_rag import Attributor, InputError, PromptBuilder, PromptTemplate, Strategy
@@ -63,6 +65,8 @@ def test_history_changes_scores_and_cached_equals_exact(tiny, sources):
     with_h = att.attribute(Q, sources, A, strategy="batched", history=HISTORY)
     without = att.attribute(Q, sources, A, strategy="batched")
     exact = att.attribute(Q, sources, A, strategy=Strategy(level="sentence", engine_mode="exact"), history=HISTORY)
+    assert with_h.history == HISTORY and without.history == []
+    assert json.loads(with_h.to_json())["history"] == HISTORY
     flat = [s.score for r in with_h.sentence_scores for s in r]
     assert flat == pytest.approx([s.score for r in exact.sentence_scores for s in r], abs=1e-4)
     assert flat != pytest.approx([s.score for r in without.sentence_scores for s in r], abs=1e-4)
