@@ -566,7 +566,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 gen = time.perf_counter() - t0
                 enc = runner.att.encode(ex["question"], ex["sources"], answer)
                 meta = {"fingerprint": fingerprint, "example": ex["id"], "method": "__example__", "answer": answer,
-                        "generation_seconds": gen, "gold_answer": ex["answer"],
+                        "generation_seconds": gen,
                         "answer_tokens": len(enc.answer_ids), "prompt_tokens": len(enc.prompt_ids),
                         "sentences": len(flat_sentences(ex["sources"])), "documents": len(ex["sources"])}
                 record(meta)
@@ -605,7 +605,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 rows[m.key].append(r)
                 ex_rows[m.key] = {k: r.get(k) for k in ("seconds", "models", "metrics", "error", "extra", "scores")}
             per_example.append({
-                "id": ex["id"], "question": ex["question"], "gold_answer": ex["answer"], "answer": answer,
+                "id": ex["id"], "answer": answer,  # ids only: the data stays in ../shared/data
                 "generation_seconds": meta["generation_seconds"], "answer_tokens": meta["answer_tokens"],
                 "prompt_tokens": meta["prompt_tokens"], "sentences": meta["sentences"],
                 "documents": meta["documents"], "gold_documents": sorted(ex["gold_documents"]),

@@ -42,7 +42,7 @@ def main(argv=None) -> None:
         sentence_chance += len(ex["gold_sentences"]) / sum(len(s.sentences) for s in res.sources)
         top_cite = res.citations(top_k=1)
         rows.append({
-            "id": ex["id"], "question": ex["question"], "answer": res.answer, "gold_answer": ex["answer"],
+            "id": ex["id"], "answer": res.answer,  # ids only: the data stays in ../shared/data
             "top_document": top, "gold_documents": sorted(ex["gold_titles"]), "hit": hit,
             "top_sentence_is_gold": bool(top_cite)
             and (top_cite[0].source_index, top_cite[0].sentence_index) in ex["gold_sentences"],

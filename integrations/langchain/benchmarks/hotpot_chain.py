@@ -105,9 +105,9 @@ def score_row(row: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
     gold = set(row["gold"])
     first = out["citations"][0] if out["citations"] else None
     return {
-        "id": row["id"], "type": row["type"], "question": row["question"], "gold_answer": row["answer"],
+        "id": row["id"], "type": row["type"],  # ids only: the data stays in ../shared/data
         "answer": out["answer"], "retrieved": retrieved, "gold": row["gold"],
-        "first_citation": None if first is None else {k: first[k] for k in ("document_id", "sentence", "score")},
+        "first_citation": None if first is None else {k: first[k] for k in ("document_id", "sentence_index", "score")},
         "hit": first is not None and first["document_id"] in gold,
         "chance": len(gold & set(retrieved)) / len(retrieved),
         "gold_retrieved": len(gold & set(retrieved)),

@@ -97,8 +97,6 @@ def run_example(row: dict[str, Any], embed: Any, llm: Any, postprocessor: Any, t
             top_sentence_gold = (title, k) in gold_sentences
     return {
         "id": row["id"],
-        "question": row["question"],
-        "gold_answer": row["answer"],
         "answer": response.response,
         "answer_contains_gold": row["answer"].lower() in (response.response or "").lower(),
         "gold_documents": sorted(gold),
