@@ -113,6 +113,9 @@ class PromptBuilder:
             getattr(tokenizer, "all_special_tokens", []) or []), key=len, reverse=True)
         markers = [m for m in markers if len(m) > 1]
         self._markers = re.compile("|".join(map(re.escape, markers))) if markers else None
+        # The frame depends only on the history: render the chat template once per history, not
+        # once per ablated prompt (a dict write is atomic, so concurrent callers are safe).
+        self._frames: dict[History, tuple[list[tuple[str, bool]], str]] = {}
 
     def _user(self, question: str, sources: Sequence[Source], ablation: Ablation | None) -> str:
         texts: list[str | None] = [s.text for s in sources]
@@ -122,6 +125,14 @@ class PromptBuilder:
         return self.template.user_turn(question, sources, texts)
 
     def _frame(self, history: History = ()) -> tuple[list[tuple[str, bool]], str]:
+        frame = self._frames.get(history)
+        if frame is None:
+            if len(self._frames) > 64:  # conversations grow: keep the cache bounded
+                self._frames.clear()
+            frame = self._frames[history] = self._render_frame(history)
+        return frame
+
+    def _render_frame(self, history: History) -> tuple[list[tuple[str, bool]], str]:
         """The text before and after the user turn's content (chat template or plain).
 
         "Before" comes as ``(text, is_content)`` pieces: history messages are content (encoded
