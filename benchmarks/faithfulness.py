@@ -278,9 +278,17 @@ class Runner:
             self.load_seconds["embedding"] = self._embedder.load_seconds
         return self._embedder
 
+    def gold_key(self, ex: dict, answer: str) -> str:
+        return GoldCache.key(ex["id"], self.args.target, self.gold_dtype, answer, ex["sources"], self.template_repr)
+
+    def expected_methods(self, index: int) -> list[str]:
+        """The method keys an example at this position gets (naive only inside --naive-subset)."""
+        subset = self.args.naive_subset
+        return [m.key for m in self.methods if m.kind != "naive" or subset is None or index < subset]
+
     def gold_scores(self, ex: dict, answer: str) -> dict:
         """Gold LOO for this answer: from the cache, or computed (and cached) now."""
-        key = GoldCache.key(ex["id"], self.args.target, self.gold_dtype, answer, ex["sources"], self.template_repr)
+        key = self.gold_key(ex, answer)
         entry = self.gold.get(key)
         if entry is not None:
             entry["cached"] = True
@@ -529,6 +537,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--cache", default=None, help="gold LOO cache folder (default: OUT/gold_cache)")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--fresh", action="store_true", help="ignore records of an earlier run with the same settings")
+    ap.add_argument("--complete-only", action="store_true",
+                    help="compute nothing: report the examples whose records are all there (e.g. after merging "
+                         "the records of runs over other --offset ranges)")
     return ap.parse_args(argv)
 
 
@@ -560,6 +571,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
         for i, ex in enumerate(examples):
             meta = done.get((ex["id"], "__example__"))
+            if args.complete_only:
+                missing = [k for k in runner.expected_methods(i) if (ex["id"], k) not in done]
+                if meta is None or missing or runner.gold.get(runner.gold_key(ex, meta["answer"])) is None:
+                    log(f"[{i + 1}/{len(examples)}] {ex['id']} skipped (--complete-only): "
+                        + ("no answer yet" if meta is None else f"missing {', '.join(missing) or 'gold'}"))
+                    continue
             if meta is None:
                 t0 = time.perf_counter()
                 answer = runner.att.generate(ex["question"], ex["sources"], max_new_tokens=args.max_new_tokens)
