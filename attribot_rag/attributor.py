@@ -130,8 +130,13 @@ class _Scorer:
         self, question: str, history: History, sources, answer: str, answer_sentences: list[Sentence],
         ablations: Sequence[Ablation], mode: str, cost: Cost, desc: str, memo: dict,
     ) -> _Scores:
-        enc = self.builder.encode_answer(answer, strict=self.strict)
-        prompt = self.builder.encode_prompt(question, sources, history=history)
+        # The full prompt and the answer are the same for every pass of one call: encode them once.
+        prompt = memo.get(("prompt", id(self)))
+        if prompt is None:
+            prompt = memo[("prompt", id(self))] = self.builder.encode_prompt(question, sources, history=history)
+        enc = memo.get(("answer", id(self)))
+        if enc is None:
+            enc = memo[("answer", id(self))] = self.builder.encode_answer(answer, strict=self.strict)
         window = self.loaded.context_window
         if window is not None and len(prompt) + len(enc.ids) > window:
             raise ContextTooLongError(
@@ -312,7 +317,9 @@ class Attributor:
         hist = as_history(history)
         strat = self.strategy if strategy is None else resolve_strategy(strategy, self.proxy is not None)
         srcs = self._prepare(sources)
-        srcs, dropped = self._fit(question, hist, srcs, answer, max_new_tokens, strat, overflow or self.overflow)
+        memo: dict = {}  # per-call state only: the attributor is shared across threads
+        srcs, dropped = self._fit(question, hist, srcs, answer, max_new_tokens, strat, overflow or self.overflow,
+                                  memo)
         gen_seconds = None
         if answer is None:
             answer, gen_seconds = self._generate(question, srcs, max_new_tokens, hist)
@@ -320,7 +327,7 @@ class Attributor:
             raise EmptyAnswerError("the answer is empty: pass the answer text, or None to generate one")
         answer_sentences = split_text(answer, None)
         costs: dict[str, Cost] = {}
-        docs, sents = self._run(strat, question, hist, srcs, answer, answer_sentences, costs)
+        docs, sents = self._run(strat, question, hist, srcs, answer, answer_sentences, costs, memo)
         timing = {
             "total_seconds": time.perf_counter() - started,
             "generation_seconds": gen_seconds,
@@ -339,8 +346,11 @@ class Attributor:
         return await asyncio.to_thread(self.attribute, question, sources, answer, **kwargs)
 
     def _fit(self, question: str, history: History, srcs: list[Source], answer: str | None, max_new_tokens: int,
-             strat: Strategy, policy: str) -> tuple[list[Source], list[Source]]:
-        """Apply the overflow policy: drop sources until every model's prompt fits its window."""
+             strat: Strategy, policy: str, memo: dict) -> tuple[list[Source], list[Source]]:
+        """Apply the overflow policy: drop sources until every model's prompt fits its window.
+
+        The encoded answer and the kept sources' prompt (the last check's) are left in ``memo`` for scoring.
+        """
         if policy not in OVERFLOW_POLICIES:
             raise ConfigError(f"unknown overflow policy {policy!r}: use one of {', '.join(OVERFLOW_POLICIES)}")
         scorers = [self.target] + ([self.proxy] if strat.uses_proxy and self.proxy is not None else [])
@@ -351,8 +361,15 @@ class Attributor:
                 window = sc.loaded.context_window
                 if window is None:
                     continue
-                need = len(sc.builder.encode_prompt(question, kept, history=history))
-                need += max_new_tokens if answer is None else len(sc.builder.encode_answer(answer).ids)
+                prompt = memo[("prompt", id(sc))] = sc.builder.encode_prompt(question, kept, history=history)
+                need = len(prompt)
+                if answer is None:
+                    need += max_new_tokens
+                else:
+                    enc = memo.get(("answer", id(sc)))
+                    if enc is None:
+                        enc = memo[("answer", id(sc))] = sc.builder.encode_answer(answer, strict=sc.strict)
+                    need += len(enc.ids)
                 if need > window:
                     return f"{need} tokens exceed {sc.name}'s context window of {window}"
             return None
@@ -371,6 +388,7 @@ class Attributor:
                 victim = min(range(len(kept)), key=lambda i: (_retrieval_score(kept[i]), -i))
             dropped.append(kept.pop(victim))
         return kept, dropped
+
     def _pass(self, scorer: _Scorer, strat: Strategy, question, history, srcs, answer, answer_sentences,
               ablations: list[Ablation], costs: dict[str, Cost], memo: dict, desc: str) -> dict[Ablation, SpanScore]:
         """Score ``ablations`` with one model; returns a SpanScore per ablation."""
@@ -390,9 +408,8 @@ class Attributor:
             return f"{scorer.name} (proxy)"
         return scorer.name
 
-    def _run(self, strat: Strategy, question, history, srcs, answer, answer_sentences, costs):
+    def _run(self, strat: Strategy, question, history, srcs, answer, answer_sentences, costs, memo: dict):
         first = self.proxy if strat.uses_proxy else self.target
-        memo: dict = {}  # per-call state only: the attributor is shared across threads
         args = (strat, question, history, srcs, answer, answer_sentences)
         n_ans = len(answer_sentences)
         all_sents = [(d, k) for d, s in enumerate(srcs) for k in range(len(s.sentences))]

@@ -115,6 +115,31 @@ def test_proxy_pruning_rescores_shortlist_with_target(tok, tiny, sources):
     assert set(pruned.timing["models"]) == {"tiny", "other"}
 
 
+def test_full_prompt_and_answer_are_encoded_once_per_model_per_call(tok, tiny, sources, monkeypatch):
+    from attribot_rag.testing import tiny_model
+
+    other = LoadedModel("other", tiny_model(len(tok), seed=1), tok)
+    att = Attributor(tiny, proxy=other, strategy="proxy-prune")
+    calls = {"tiny": [0, 0], "other": [0, 0]}
+    for scorer in (att.target, att.proxy):
+        builder, count = scorer.builder, calls[scorer.name]
+
+        def encode_prompt(question, srcs, ablation=None, history=(), _f=builder.encode_prompt, _c=count):
+            _c[0] += ablation is None
+            return _f(question, srcs, ablation, history)
+
+        def encode_answer(answer, strict=False, _f=builder.encode_answer, _c=count):
+            _c[1] += 1
+            return _f(answer, strict=strict)
+
+        monkeypatch.setattr(builder, "encode_prompt", encode_prompt)
+        monkeypatch.setattr(builder, "encode_answer", encode_answer)
+    res = att.attribute(Q, sources, A)
+    assert set(res.timing["models"]) == {"tiny", "other"}  # three passes over two models
+    # the overflow check's encodings are reused by scoring; passes after the first reuse them too
+    assert calls == {"tiny": [1, 1], "other": [1, 1]}
+
+
 def test_cross_tokenizer_proxy_retokenizes(tiny, sources):
     from transformers import PreTrainedTokenizerFast
 
