@@ -163,3 +163,12 @@ def load_examples(path: str | Path, dataset: str, n: int | None, offset: int = 0
     for r in rows:
         r["dataset"] = dataset
     return rows
+
+
+def write_results(out: str | Path, stem: str, summary: dict, markdown: str) -> None:
+    """Print the table and write ``OUT/STEM.json`` and ``OUT/STEM.md`` (the folder is created)."""
+    print(markdown)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(summary, indent=2))
+    (out / f"{stem}.md").write_text(markdown + "\n")

@@ -18,7 +18,6 @@ configuration (and the other strategies) per example, the ratio, and attribution
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -29,7 +28,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from attribot_rag import Attributor, LoadedModel, Strategy
 
-from .common import DEFAULT_HOTPOT, hotpot_examples
+from .common import DEFAULT_HOTPOT, hotpot_examples, write_results
 
 # Published configs (config.json of meta-llama/Llama-3.1-8B and Llama-3.2-1B), minus the weights.
 SHAPES: dict[str, dict] = {
@@ -158,13 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
     for k, m in summary["methods"].items():
         lines.append(f"| {k} | {m['seconds']:.2f} | {m['speedup_vs_naive']:.1f} | "
                      f"{m['attribution_over_generation']:.2f} |")
-    md = "\n".join(lines)
-    print(md)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"gpu_speed_{args.target_shape}_proxy_{args.proxy_shape}_{args.dtype}"
-    (out / f"{stem}.json").write_text(json.dumps(summary, indent=2))
-    (out / f"{stem}.md").write_text(md + "\n")
+    write_results(args.out, f"gpu_speed_{args.target_shape}_proxy_{args.proxy_shape}_{args.dtype}", summary,
+                  "\n".join(lines))
     return summary
 
 

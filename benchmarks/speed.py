@@ -12,15 +12,13 @@ README); every other row runs the engine's defaults.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-from pathlib import Path
 
 import torch
 
 from attribot_rag import Attributor, Strategy
 
-from .common import DEFAULT_HOTPOT, hotpot_examples
+from .common import DEFAULT_HOTPOT, hotpot_examples, write_results
 
 METHODS = {
     "exact": Strategy(level="sentence", engine_mode="exact", name="exact"),
@@ -101,13 +99,8 @@ def main(argv=None) -> None:
         toks = ", ".join(f"{m}: {t:,.0f}" for m, t in sorted(row["forward_tokens"].items()))
         lines.append(f"| {name} | {row['seconds']:.1f} | {toks} | {row['speedup_vs_exact']:.1f} | "
                      f"{row['speedup_vs_serial_cached']:.2f} | {summary['generation_seconds'] / row['seconds']:.2f} |")
-    md = "\n".join(lines)
-    print(md)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stem = f"speed_{args.target}" + (f"_proxy_{args.proxy}" if args.proxy else "")
-    (out / f"{stem}.json").write_text(json.dumps(summary, indent=2))
-    (out / f"{stem}.md").write_text(md + "\n")
+    write_results(args.out, stem, summary, "\n".join(lines))
 
 
 if __name__ == "__main__":
