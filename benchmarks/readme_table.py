@@ -66,12 +66,32 @@ def render(runs: dict[str, dict]) -> str:
             by = ", ".join(f"*{r['methods'][d]['label']}*" for d in v["dominated_by"])
             verdicts.append(f"{label}: " + ("on the front" if v["on_front"] else f"dominated by {by}"))
         lines.append(
-            f"- {name}: {r['examples']} dev examples, {r['mean_prompt_tokens']:.0f} prompt tokens and "
+            f"- **{name}**: {r['examples']} dev examples, {r['mean_prompt_tokens']:.0f} prompt tokens and "
             f"{r['mean_sentences']:.1f} context sentences on average; {minutes:.0f} min of compute. "
             f"Default (*{first['methods'][default]['label']}*) against the Pareto front of time and each metric: "
-            + "; ".join(verdicts) + "."
+            + "; ".join(verdicts) + ". " + _key_figures(r, default)
         )
     return "\n".join(lines)
+
+
+def _key_figures(r: dict, default: str) -> str:
+    """The comparisons the README's prose leans on, computed from the run."""
+    ms, d = r["methods"], r["methods"][default]
+    out = [f"The default takes {d['attribution_over_generation']:.1f}x the target's generation time and is "
+           f"{d['speedup_vs_naive']:.1f}x faster than naive exact LOO (timed on {d['speedup_examples']} example)."]
+    cc = max((k for k in ms if ms[k]["kind"] == "contextcite"), key=lambda k: ms[k]["seconds"], default=None)
+    if cc:
+        c = ms[cc]
+        out.append(f"*{c['label']}* takes {c['seconds'] / d['seconds']:.1f}x the default's time for Pearson "
+                   f"{c['pearson']['mean']:.3f} vs {d['pearson']['mean']:.3f} and outlier mAP "
+                   f"{c['outlier_ap']['mean']:.3f} vs {d['outlier_ap']['mean']:.3f}.")
+    if "cached-batched" in ms and "proxy" in ms:
+        b, p = ms["cached-batched"], ms["proxy"]
+        out.append(f"The bf16 noise floor (cached+batched exact LOO against fp32 gold): Pearson "
+                   f"{b['pearson']['mean']:.3f}, Spearman {b['spearman']['mean']:.3f}. The proxy's own sentence "
+                   f"scores: Spearman {p['spearman']['mean']:.3f}, {b['seconds'] / p['seconds']:.1f}x faster "
+                   "than the target's.")
+    return " ".join(out)
 
 
 def splice(readme: str, block: str) -> str:
