@@ -703,7 +703,8 @@ def summarize(args: argparse.Namespace, runner: Runner, dataset: str, examples: 
 
     return {
         "benchmark": "faithfulness", "dataset": dataset, "data": args.data,
-        "examples": len(per_example), "target": args.target, "proxy": args.proxy, "dtype": runner.dtype,
+        "examples": len(per_example), "examples_requested": len(examples),
+        "target": args.target, "proxy": args.proxy, "dtype": runner.dtype,
         "max_new_tokens": args.max_new_tokens, "cite_k": args.cite_k, "gold_engine": args.gold_engine,
         "gold_dtype": runner.gold_dtype,
         "squad_passages": args.squad_passages if dataset == "squad" else None,

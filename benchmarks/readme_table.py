@@ -3,7 +3,9 @@
     python -m benchmarks.readme_table --write   # rewrite the block between the markers in README.md
     python -m benchmarks.readme_table --check   # exit 1 when README.md and the JSON disagree
 
-The block sits between ``<!-- faithfulness-table:start -->`` and ``<!-- faithfulness-table:end -->``.
+Each setting of issue 5 has its own block, between ``<!-- faithfulness-table:NAME:start -->`` and
+``<!-- faithfulness-table:NAME:end -->`` (NAME from ``SETTINGS``). A dataset whose run is missing is shown as
+not run; a run with fewer examples than it asked for says so.
 """
 
 from __future__ import annotations
@@ -15,21 +17,31 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-START, END = "<!-- faithfulness-table:start -->", "<!-- faithfulness-table:end -->"
+SETTINGS = {  # README block name -> (target, proxy)
+    "same-family": ("qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b"),
+    "cross-tokenizer": ("qwen2.5-coder-0.5b", "smollm2-135m"),
+}
 DATASETS = (("hotpotqa", "HotpotQA"), ("squad", "SQuAD"))
 TABLE_METRICS = (("pearson", "Pearson"), ("spearman", "Spearman"), ("outlier_ap", "outlier mAP"))
 METRICS = TABLE_METRICS + (("top1", "top-1"),)  # Pareto verdicts; the full tables are in faithfulness.md
 
 
+def markers(setting: str) -> tuple[str, str]:
+    """The README comments that open and close one setting's block."""
+    return f"<!-- faithfulness-table:{setting}:start -->", f"<!-- faithfulness-table:{setting}:end -->"
+
+
 def load(target: str, proxy: str | None, results: Path = RESULTS) -> dict[str, dict]:
-    """The result JSON of each dataset for one (target, proxy) setting, by dataset key."""
+    """The result JSON of each dataset run for one (target, proxy) setting, by dataset key."""
     out = {}
+    stem = f"{target}" + (f"_proxy_{proxy}" if proxy else "")
     for key, _ in DATASETS:
-        stem = f"faithfulness_{key}_{target}" + (f"_proxy_{proxy}" if proxy else "")
-        path = results / f"{stem.replace('/', '_')}.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: run benchmarks.faithfulness for this setting first")
-        out[key] = json.loads(path.read_text())
+        path = results / f"faithfulness_{key}_{stem.replace('/', '_')}.json"
+        if path.is_file():
+            out[key] = json.loads(path.read_text())
+    if not out:
+        raise FileNotFoundError(f"no faithfulness_*_{stem}.json in {results}: run benchmarks.faithfulness for "
+                                "this setting first")
     return out
 
 
@@ -42,14 +54,15 @@ def render(runs: dict[str, dict]) -> str:
     first = next(iter(runs.values()))
     keys = list(first["methods"])
     default = first["default_method"]
+    shown = [(ds, name) for ds, name in DATASETS if ds in runs]
     head = ["method"]
-    for _, name in DATASETS:
+    for _, name in shown:
         head += [f"{name} {label}" for _, label in TABLE_METRICS] + [f"{name} s / example"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for k in keys:
         label = first["methods"][k]["label"] + (" **(default)**" if k == default else "")
         cells = [label]
-        for ds, _ in DATASETS:
+        for ds, _ in shown:
             m = runs[ds]["methods"].get(k)
             if m is None:
                 cells += ["n/a"] * (len(TABLE_METRICS) + 1)
@@ -58,15 +71,21 @@ def render(runs: dict[str, dict]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for ds, name in DATASETS:
+        if ds not in runs:
+            lines.append(f"- **{name}**: not run yet for this setting.")
+            continue
         r = runs[ds]
         minutes = r["compute_seconds"] / 60
+        requested = r.get("examples_requested", r["examples"])
+        scale = (f"{r['examples']} dev examples" if r["examples"] >= requested else
+                 f"**{r['examples']} of the {requested} dev examples asked for** (partial run; it resumes)")
         verdicts = []
         for metric, label in METRICS:
             v = r["pareto"]["by_metric"][metric]["default"]
             by = ", ".join(f"*{r['methods'][d]['label']}*" for d in v["dominated_by"])
             verdicts.append(f"{label}: " + ("on the front" if v["on_front"] else f"dominated by {by}"))
         lines.append(
-            f"- **{name}**: {r['examples']} dev examples, {r['mean_prompt_tokens']:.0f} prompt tokens and "
+            f"- **{name}**: {scale}, {r['mean_prompt_tokens']:.0f} prompt tokens and "
             f"{r['mean_sentences']:.1f} context sentences on average; {minutes:.0f} min of compute. "
             f"Default (*{first['methods'][default]['label']}*) against the Pareto front of time and each metric: "
             + "; ".join(verdicts) + ". " + _key_figures(r, default)
@@ -94,36 +113,53 @@ def _key_figures(r: dict, default: str) -> str:
     return " ".join(out)
 
 
-def splice(readme: str, block: str) -> str:
-    """README text with the marked block replaced by ``block``."""
-    if readme.count(START) != 1 or readme.count(END) != 1:
-        raise ValueError(f"README must hold exactly one {START} ... {END} block")
-    head, rest = readme.split(START)
-    _, tail = rest.split(END)
-    return f"{head}{START}\n{block}\n{END}{tail}"
+def splice(readme: str, block: str, setting: str) -> str:
+    """README text with the setting's marked block replaced by ``block``."""
+    start, end = markers(setting)
+    if readme.count(start) != 1 or readme.count(end) != 1:
+        raise ValueError(f"README must hold exactly one {start} ... {end} block")
+    head, rest = readme.split(start)
+    _, tail = rest.split(end)
+    return f"{head}{start}\n{block}\n{end}{tail}"
+
+
+def _has_results(setting: str, results: Path) -> bool:
+    try:
+        load(*SETTINGS[setting], results=results)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--target", default="qwen2.5-coder-0.5b")
-    ap.add_argument("--proxy", default="smollm2-135m")
+    ap.add_argument("--setting", action="append", choices=list(SETTINGS),
+                    help="a block to render (repeatable; default: every setting)")
     ap.add_argument("--readme", default=str(ROOT / "README.md"))
+    ap.add_argument("--results", default=str(RESULTS), help="folder of the result JSON")
     mode = ap.add_mutually_exclusive_group()
-    mode.add_argument("--write", action="store_true", help="rewrite the README block")
-    mode.add_argument("--check", action="store_true", help="exit 1 when the README block is stale")
+    mode.add_argument("--write", action="store_true", help="rewrite the README blocks")
+    mode.add_argument("--check", action="store_true", help="exit 1 when a README block is stale")
     args = ap.parse_args(argv)
-    block = render(load(args.target, args.proxy))
-    if not (args.write or args.check):
-        print(block)
-        return 0
+    results = Path(args.results)
     readme_path = Path(args.readme)
-    readme = readme_path.read_text()
-    new = splice(readme, block)
+    readme = readme_path.read_text() if (args.write or args.check) else ""
+    # Default: the blocks the README holds (write/check), or every setting that has results (print).
+    names = args.setting or [n for n in SETTINGS if (markers(n)[0] in readme if readme else _has_results(n, results))]
+    if not names:
+        raise SystemExit(f"no faithfulness-table block in {readme_path}" if readme else f"no results in {results}")
+    blocks = {name: render(load(*SETTINGS[name], results=results)) for name in names}
+    if not (args.write or args.check):
+        print("\n\n".join(f"{name}:\n{block}" for name, block in blocks.items()))
+        return 0
+    new = readme
+    for name, block in blocks.items():
+        new = splice(new, block, name)
     if args.write:
         readme_path.write_text(new)
     elif args.check:
         if new != readme:
-            print(f"{readme_path}: the faithfulness table differs from the result JSON; run "
+            print(f"{readme_path}: a faithfulness table differs from the result JSON; run "
                   "python -m benchmarks.readme_table --write", file=sys.stderr)
             return 1
     return 0
