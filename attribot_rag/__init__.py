@@ -15,6 +15,7 @@ from .errors import (
     EmptyAnswerError,
     InputError,
     ModelError,
+    NonFiniteScoreError,
     NoSourcesError,
     ProxyEncodingError,
     UnknownModelError,
@@ -29,7 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AttribotError", "AttributionResult", "Attributor", "BatchError", "Citation", "ConfigError", "ContextTooLongError",
     "Cost", "DEFAULT_MODEL", "DocsFileError", "EmptyAnswerError", "Encoded", "InputError", "LikelihoodEngine",
-    "LoadedModel", "ModelError", "NoSourcesError", "OutOfMemory", "PRESETS", "PromptBuilder", "PromptTemplate",
-    "ProxyEncodingError", "REGISTRY", "Sentence", "Source", "SpanScore", "Strategy", "UnknownModelError",
-    "load_model", "split_source", "split_text",
+    "LoadedModel", "ModelError", "NonFiniteScoreError", "NoSourcesError", "OutOfMemory", "PRESETS", "PromptBuilder",
+    "PromptTemplate", "ProxyEncodingError", "REGISTRY", "Sentence", "Source", "SpanScore", "Strategy",
+    "UnknownModelError", "load_model", "split_source", "split_text",
 ]

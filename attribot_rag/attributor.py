@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import numbers
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -16,7 +18,14 @@ from dataclasses import dataclass
 import torch
 
 from .engine import Cost, LikelihoodEngine
-from .errors import ConfigError, ContextTooLongError, EmptyAnswerError, NoSourcesError
+from .errors import (
+    ConfigError,
+    ContextTooLongError,
+    EmptyAnswerError,
+    InputError,
+    NonFiniteScoreError,
+    NoSourcesError,
+)
 from .models import DEFAULT_MODEL, LoadedModel, describe_tokenizer_pair, load_model
 from .prompt import Ablation, History, PromptBuilder, PromptTemplate, as_history
 from .result import NOT_SCORED, AttributionResult, SpanScore
@@ -150,16 +159,33 @@ class _Scorer:
         full, ablated = self.engine.answer_logprobs(
             prompt, variants, enc.ids, mode=mode, cost=cost, prefill=memo.get(id(self)), desc=desc
         )
+        if not (torch.isfinite(full).all() and torch.isfinite(ablated).all()):
+            raise NonFiniteScoreError(
+                f"{self.name} produced NaN or infinite log-probabilities for the answer ({desc}), so no score "
+                "can be trusted: this is what fp16 overflow or a broken checkpoint does; load it in bf16 or fp32"
+            )
         drops = full[None, :] - ablated  # [n_ablations, n_tokens]
-        # Each answer token belongs to the answer sentence whose segment holds its first char.
+        # Each answer token belongs to the answer sentence holding its first non-space char: byte-level
+        # tokens carry the space before a word (" The"), which sits in the previous sentence's segment.
         seg_ends = torch.tensor([s.seg_end for s in answer_sentences])
-        starts = torch.tensor([a for a, _ in enc.offsets])
+        starts = torch.tensor([_first_visible(answer, a, b) for a, b in enc.offsets])
         owner = torch.clamp(torch.searchsorted(seg_ends, starts, right=True), max=len(answer_sentences) - 1)
         per_sentence = torch.zeros(len(ablations), len(answer_sentences)).index_add_(1, owner, drops)
         return _Scores(total=drops.sum(dim=1), per_sentence=per_sentence)
 
 
+def _first_visible(text: str, start: int, end: int) -> int:
+    """Offset of the first non-whitespace character of ``text[start:end]`` (``start`` if there is none)."""
+    piece = text[start:end]
+    stripped = piece.lstrip()
+    return start + len(piece) - len(stripped) if stripped else start
+
+
 def _as_loaded(model, device, dtype) -> LoadedModel:
+    if isinstance(model, (LoadedModel, tuple)) and (device is not None or dtype is not None):
+        # Moving the caller's model object would change it under them: say so instead of ignoring.
+        raise ConfigError("device= and dtype= apply to models loaded by name or path; a model object is used "
+                          "as it is: move or cast it first (model.to(device, dtype)), or pass its name")
     if isinstance(model, LoadedModel):
         return model
     if isinstance(model, tuple) and len(model) == 2:
@@ -314,6 +340,11 @@ class Attributor:
         started = time.perf_counter()
         if not isinstance(question, str) or not question.strip():
             raise ConfigError("the question is empty: pass the user's question text")
+        if answer is not None and not isinstance(answer, str):
+            raise InputError(f"answer must be a str (or None to generate one), not {type(answer).__name__}: "
+                             "pass the answer's text (e.g. message.content)")
+        if answer is not None and not answer.strip():
+            raise EmptyAnswerError("the answer is empty: pass the answer text, or None to generate one")
         hist = as_history(history)
         strat = self.strategy if strategy is None else resolve_strategy(strategy, self.proxy is not None)
         srcs = self._prepare(sources)
@@ -323,8 +354,6 @@ class Attributor:
         gen_seconds = None
         if answer is None:
             answer, gen_seconds = self._generate(question, srcs, max_new_tokens, hist)
-        elif not isinstance(answer, str) or not answer.strip():
-            raise EmptyAnswerError("the answer is empty: pass the answer text, or None to generate one")
         answer_sentences = split_text(answer, None)
         costs: dict[str, Cost] = {}
         docs, sents = self._run(strat, question, hist, srcs, answer, answer_sentences, costs, memo)
@@ -429,7 +458,8 @@ class Attributor:
         if strat.prune_top_k is not None:
             shortlist = sorted(sent_scores, key=lambda a: -sent_scores[a].score)[: strat.prune_top_k]
             rescored = self._pass(self.target, *args, sorted(shortlist), costs, memo, "rescoring")
-            # Only the target's scores are reported: the proxy's scale is not the target's.
+            # Sentences report only the target's scores (the proxy's scale is not the target's); document
+            # scores stay the proxy's, and their scored_by says so.
             sent_scores = rescored
 
         def span(a: Ablation, table: dict[Ablation, SpanScore]) -> SpanScore:
@@ -452,7 +482,10 @@ OVERFLOW_POLICIES = ("error", "drop_last", "drop_lowest_score")
 
 def _retrieval_score(source: Source) -> float:
     value = source.metadata.get("score")
-    return float(value) if isinstance(value, (int, float)) else float("-inf")
+    # numbers.Real covers numpy scalars (FAISS and most vector stores return np.float32).
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value):
+        return float(value)
+    return float("-inf")
 
 
 def _keep_documents(scores: list[float], strat: Strategy) -> set[int]:
@@ -462,7 +495,8 @@ def _keep_documents(scores: list[float], strat: Strategy) -> set[int]:
         total = sum(max(s, 0.0) for s in scores)
         kept, acc = [], 0.0
         for d in order:
-            if total > 0 and acc >= strat.keep_share * total:
+            # Documents at or below zero add nothing to the share (and rounding may leave acc a hair short).
+            if total > 0 and (acc >= strat.keep_share * total or scores[d] <= 0):
                 break
             kept.append(d)
             acc += max(scores[d], 0.0)

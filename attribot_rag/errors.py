@@ -40,6 +40,10 @@ class BatchError(AttribotError):
     job owns the folder, or its workers fail (a bad *record* is an error row, not this)."""
 
 
+class NonFiniteScoreError(AttribotError, ArithmeticError):
+    """The model produced NaN or infinite log-probabilities (e.g. fp16 overflow), so no score can be trusted."""
+
+
 class ModelError(AttribotError):
     """A model could not be found, installed, verified or loaded."""
 

@@ -134,6 +134,8 @@ def _is_abbreviation(text: str, dot: int) -> bool:
     if not m:
         return False
     word = m.group(1).lower()
+    if word in ("no", "nos"):  # "No. 5" abbreviates; "the answer is no. Then ..." ends a sentence
+        return bool(re.match(r"\s*\d", text[dot + 1:]))
     if word in _ABBREVIATIONS:
         return True
     # Single letters ("J. K. Rowling") and dotted acronyms ("U.S.A").
@@ -244,6 +246,9 @@ SourceLike = Source | str | Mapping[str, Any]
 def as_sources(items: Iterable[SourceLike]) -> list[Source]:
     """Coerce strings, dicts (``id``/``text``, optional ``sentences``, other keys metadata)
     and :class:`Source` objects into sources with unique ids."""
+    if isinstance(items, (str, bytes, Mapping, Source)):
+        raise InputError(f"sources must be a list of sources, not one {type(items).__name__}: wrap it in a "
+                         "list ([text]) so it is not split into characters or keys")
     out: list[Source] = []
     for i, item in enumerate(items):
         if isinstance(item, Source):

@@ -11,6 +11,7 @@ from attribot_rag import (
     ConfigError,
     ContextTooLongError,
     EmptyAnswerError,
+    InputError,
     LoadedModel,
     NoSourcesError,
     ProxyEncodingError,
@@ -163,6 +164,26 @@ def test_per_answer_sentence_scores_sum_to_total(attributor, sources):
         assert sum(span.answer_sentence_scores) == pytest.approx(span.score, abs=1e-4)
 
 
+def test_answer_tokens_count_toward_the_sentence_of_their_first_visible_char(attributor, sources):
+    # Byte-level tokens carry the space before a word: " Paris" starts in sentence 1's trailing
+    # whitespace but is sentence 2's first word, so its drop must count toward sentence 2.
+    res = attributor.attribute(Q, sources, A, strategy=Strategy(level="document", engine_mode="exact"))
+    sc = attributor.target
+    enc = sc.builder.encode_answer(A)
+    toks = sc.loaded.tokenizer.convert_ids_to_tokens(enc.ids)
+    second = res.answer_sentences[1]
+    boundary = [i for i, (a, _) in enumerate(enc.offsets) if a < second.start <= enc.offsets[i][1] - 1]
+    assert boundary and toks[boundary[0]].startswith("\u0120"), "the test needs a space-led token at the boundary"
+    prompt = sc.builder.encode_prompt(Q, res.sources)
+    for d in range(len(res.sources)):
+        full, ablated = sc.engine.answer_logprobs(prompt, [sc.builder.encode_prompt(Q, res.sources, (d, None))],
+                                                  enc.ids, mode="exact")
+        drop = (full - ablated[0]).tolist()
+        want = [sum(x for x, (_, b) in zip(drop, enc.offsets) if (b > second.start) == (j == 1)) for j in (0, 1)]
+        assert res.document_scores[d].answer_sentence_scores == pytest.approx(want, abs=1e-5)
+    assert abs(drop[boundary[0]]) > 1e-6  # the boundary token's drop is not negligible, so misplacing it shows
+
+
 def test_result_citations_offsets_and_json(attributor, sources):
     res = attributor.attribute(Q, sources, A, strategy="batched")
     cites = res.citations()
@@ -212,6 +233,46 @@ def test_errors(attributor, tiny, sources, tok):
         load_model("no-such-model")
     with pytest.raises(UnknownModelError):
         Attributor("/no/such/folder/model")
+
+
+@pytest.mark.parametrize("answer", [42, ["Paris."], {"content": "Paris."}])
+def test_answer_that_is_not_text_is_a_typed_error(attributor, sources, answer):
+    with pytest.raises(InputError, match="answer must be a str"):
+        attributor.attribute(Q, sources, answer)
+
+
+def test_device_or_dtype_with_a_model_object_is_refused(tiny):
+    for kw in ({"dtype": "fp32"}, {"device": "cpu"}):
+        with pytest.raises(ConfigError, match="model object is used as it is"):
+            Attributor(tiny, **kw)
+        with pytest.raises(ConfigError, match="model object is used as it is"):
+            Attributor((tiny.model, tiny.tokenizer), **kw)
+        with pytest.raises(ConfigError, match="model object is used as it is"):
+            Attributor(tiny, tiny, **kw)
+
+
+def test_non_finite_log_probabilities_are_an_error_not_a_score(tiny, sources):
+    from attribot_rag import NonFiniteScoreError
+
+    att = Attributor(tiny, strategy="batched")
+    head = tiny.model.get_output_embeddings()
+    hook = head.register_forward_hook(lambda module, args, out: out * float("nan"))  # as fp16 overflow does
+    try:
+        with pytest.raises(NonFiniteScoreError, match="bf16 or fp32"):
+            att.attribute(Q, sources, A)
+    finally:
+        hook.remove()
+    assert att.attribute(Q, sources, A).citations()  # the model is fine again
+
+
+def test_keep_share_one_keeps_only_positive_documents():
+    from attribot_rag.attributor import _keep_documents
+
+    # 0.1 + 0.2 + 0.3 sums to 0.6000000000000001 in one order and 0.6 in the other.
+    share = Strategy(level="hierarchical", keep_top_k=None, keep_share=1.0)
+    assert _keep_documents([0.1, 0.2, 0.3, -2.0], share) == {0, 1, 2}
+    assert _keep_documents([0.3, 0.0, 0.2, 0.1], share) == {0, 2, 3}
+    assert _keep_documents([-1.0, -2.0], share) == {0, 1}  # nothing positive: keep_top_k alone decides
 
 
 def test_proxy_that_cannot_encode_the_answer(tiny, sources):

@@ -43,6 +43,19 @@ def test_overflow_drops_lowest_ranked_sources(small_window, policy, first_droppe
         Attributor(small_window, overflow="truncate")
 
 
+def test_drop_lowest_score_reads_numpy_scores(small_window):
+    import numpy as np
+
+    docs = [dict(d, score=np.float32(d["score"])) for d in _docs()]  # what FAISS-backed stores return
+    docs[0]["score"] = np.float16(0.9)
+    res = Attributor(small_window, overflow="drop_lowest_score").attribute(Q, docs, A)
+    assert res.dropped_sources[0].id == "b" and "a" in {s.id for s in res.sources}
+    docs[1]["score"] = float("nan")  # no usable score: dropped first, like a missing one
+    docs[2]["score"] = 0.1
+    res = Attributor(small_window, overflow="drop_lowest_score").attribute(Q, docs, A)
+    assert res.dropped_sources[0].id == "b"
+
+
 def _sources():
     return [
         Source("paris", "Paris is the capital of France. Berlin is in Germany."),

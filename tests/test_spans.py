@@ -17,6 +17,18 @@ def test_sentences_and_abbreviations():
                    "The U.S.A. is big."]
 
 
+def test_no_ends_a_sentence_unless_a_number_follows():
+    got = [s.text for s in split_text("The answer is no. Berlin is in Germany. See No. 5 and nos. 6-7. Done.")]
+    assert got == ["The answer is no.", "Berlin is in Germany.", "See No. 5 and nos. 6-7.", "Done."]
+
+
+@pytest.mark.parametrize("items", ["Paris is in France.", b"Paris", {"id": "a", "text": "Paris."},
+                                   Source("a", "Paris.")])
+def test_one_source_instead_of_a_list_is_a_typed_error(items):
+    with pytest.raises(InputError, match="wrap it in a list"):
+        as_sources(items)
+
+
 def test_offsets_slice_exactly_and_tile():
     text = "  First sentence here. Second one!\n\nA paragraph without a stop\nNext line."
     sents = split_text(text)
