@@ -147,7 +147,14 @@ class PromptBuilder:
         messages.append({"role": "user", "content": _SENTINEL})
         if self.template.system is not None:
             messages.insert(0, {"role": "system", "content": self.template.system})
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        try:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # a template's own raise_exception (e.g. "roles must alternate") is a TemplateError
+            roles = "/".join(m["role"] for m in messages)
+            raise ConfigError(
+                f"the model's chat template rejected the messages ({roles}): {exc}. Pass a history that "
+                "alternates user/assistant and ends with an assistant turn, or a PromptTemplate with chat=False"
+            ) from exc
         before, found, after = text.partition(_SENTINEL)
         if not found:
             raise ConfigError("the chat template dropped the user message; pass a PromptTemplate with chat=False")

@@ -51,6 +51,24 @@ def test_bad_history_is_a_clear_error(tiny, sources, bad, match):
         Attributor(tiny).attribute(Q, sources, A, history=bad)
 
 
+STRICT = ("{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+          "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+          "{% endif %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}<assistant>")
+
+
+def test_a_chat_template_that_rejects_the_history_is_a_config_error(tok, sources):
+    import copy
+
+    from attribot_rag import ConfigError
+
+    strict = copy.deepcopy(tok)
+    strict.chat_template = STRICT  # as Gemma's template does
+    builder = PromptBuilder(strict)
+    assert builder.prompt_text(Q, sources, history=as_history(HISTORY)).endswith("</s><assistant>")
+    with pytest.raises(ConfigError, match=r"rejected the messages \(user/user\).*alternate"):
+        builder.prompt_text(Q, sources, history=as_history([("user", "hello")]))
+
+
 def test_message_objects_and_role_aliases():
     class Msg:
         def __init__(self, role, content):
