@@ -31,15 +31,18 @@ def markers(setting: str) -> tuple[str, str]:
     return f"<!-- faithfulness-table:{setting}:start -->", f"<!-- faithfulness-table:{setting}:end -->"
 
 
+def _paths(target: str, proxy: str | None, results: Path) -> dict[str, Path]:
+    """The result JSON files present for one (target, proxy) setting, by dataset key."""
+    stem = (f"{target}" + (f"_proxy_{proxy}" if proxy else "")).replace("/", "_")
+    paths = {key: results / f"faithfulness_{key}_{stem}.json" for key, _ in DATASETS}
+    return {key: path for key, path in paths.items() if path.is_file()}
+
+
 def load(target: str, proxy: str | None, results: Path = RESULTS) -> dict[str, dict]:
     """The result JSON of each dataset run for one (target, proxy) setting, by dataset key."""
-    out = {}
-    stem = f"{target}" + (f"_proxy_{proxy}" if proxy else "")
-    for key, _ in DATASETS:
-        path = results / f"faithfulness_{key}_{stem.replace('/', '_')}.json"
-        if path.is_file():
-            out[key] = json.loads(path.read_text())
+    out = {key: json.loads(path.read_text()) for key, path in _paths(target, proxy, results).items()}
     if not out:
+        stem = f"{target}" + (f"_proxy_{proxy}" if proxy else "")
         raise FileNotFoundError(f"no faithfulness_*_{stem}.json in {results}: run benchmarks.faithfulness for "
                                 "this setting first")
     return out
@@ -124,11 +127,7 @@ def splice(readme: str, block: str, setting: str) -> str:
 
 
 def _has_results(setting: str, results: Path) -> bool:
-    try:
-        load(*SETTINGS[setting], results=results)
-    except FileNotFoundError:
-        return False
-    return True
+    return bool(_paths(*SETTINGS[setting], results=results))
 
 
 def main(argv: list[str] | None = None) -> int:
