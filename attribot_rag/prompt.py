@@ -192,26 +192,25 @@ class PromptBuilder:
         ids += tok(after, add_special_tokens=False)["input_ids"] if after else []
         return ids
 
-    def _encode_plain(self, text: str) -> list[int]:
-        """Token ids of ``text`` with any added/special-token string kept as plain text.
+    def _plain_pieces(self, text: str) -> list[tuple[int, str]]:
+        """``text`` cut so that no piece holds a whole added/special-token string, with start offsets.
 
-        Such a string is encoded as its first character and the rest, separately, so the
-        tokenizer cannot match it. (transformers' ``split_special_tokens`` would do this by
-        flipping a flag on the shared Rust tokenizer: a race under concurrent calls.)
+        Such a string is cut into its first character and the rest, so the tokenizer cannot match it.
+        (transformers' ``split_special_tokens`` would do this by flipping a flag on the shared
+        Rust tokenizer: a race under concurrent calls.)
         """
-        tok = self.tokenizer
-        if self._markers is None or not self._markers.search(text):
-            return list(tok(text, add_special_tokens=False)["input_ids"])
-        ids: list[int] = []
-        pos = 0
+        if self._markers is None:
+            return [(0, text)]
+        cuts = {0, len(text)}
         for m in self._markers.finditer(text):
-            for piece in (text[pos : m.start()], m.group()[:1], m.group()[1:]):
-                if piece:
-                    ids += tok(piece, add_special_tokens=False)["input_ids"]
-            pos = m.end()
-        if pos < len(text):
-            ids += tok(text[pos:], add_special_tokens=False)["input_ids"]
-        return ids
+            cuts |= {m.start(), m.start() + 1, m.end()}
+        cuts = sorted(cuts)
+        return [(a, text[a:b]) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+    def _encode_plain(self, text: str) -> list[int]:
+        """Token ids of ``text`` with any added/special-token string kept as plain text."""
+        tok = self.tokenizer
+        return [i for _, piece in self._plain_pieces(text) for i in tok(piece, add_special_tokens=False)["input_ids"]]
 
     @property
     def answer_prefix(self) -> str:
@@ -228,8 +227,12 @@ class PromptBuilder:
         if not answer or not answer.strip():
             raise EmptyAnswerError("the answer is empty: pass the generated answer text, or None to generate one")
         prefix = self.answer_prefix
-        enc = self.tokenizer(prefix + answer, add_special_tokens=False, return_offsets_mapping=True)
-        ids = list(enc["input_ids"])
+        # Like documents, an answer that quotes "<|im_end|>" is scored as that text, not as the token.
+        ids, spans = [], []
+        for start, piece in self._plain_pieces(prefix + answer):
+            enc = self.tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
+            ids += enc["input_ids"]
+            spans += [(a + start, b + start) for a, b in enc["offset_mapping"]]
         if not ids:
             raise ProxyEncodingError("the tokenizer produced no tokens for the answer")
         if strict:
@@ -242,5 +245,5 @@ class PromptBuilder:
                     "tokenizer (e.g. 'smollm2-135m') or attribute with the target model"
                 )
         n = len(prefix)
-        offsets = [(max(a - n, 0), max(b - n, 0)) for a, b in enc["offset_mapping"]]
+        offsets = [(max(a - n, 0), max(b - n, 0)) for a, b in spans]
         return EncodedAnswer(ids=ids, offsets=offsets)

@@ -334,3 +334,17 @@ def test_plain_template_for_base_models(tiny, sources):
     assert all(A[a:b].strip() in A for a, b in enc.offsets)
     res = Attributor(LoadedModel("base", tiny.model, base_tok), strategy="batched").attribute(Q, sources, A)
     assert len(res.citations()) > 0
+
+
+def test_answer_quoting_template_markers_is_scored_as_text(tiny, tok):
+    from attribot_rag import PromptBuilder
+
+    answer = "Chat turns end with <|im_end|> in this format."
+    enc = PromptBuilder(tok).encode_answer(answer, strict=True)
+    specials = {tok.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>", "<|endoftext|>")}
+    assert not specials & set(enc.ids)
+    assert tok.decode(enc.ids) == answer
+    # offsets still map every token back into the answer, in order, across the cut
+    assert "".join(answer[a:b] for a, b in enc.offsets) == answer
+    res = Attributor(tiny).attribute("Q?", ["Paris is in France.", "Rome is in Italy."], answer)
+    assert len(res.answer_sentences) == 1 and all(len(d.answer_sentence_scores) == 1 for d in res.document_scores)
