@@ -222,9 +222,12 @@ def cite(
     sources = to_sources(documents, options.id_key)
     with attributor_lock(attributor):
         result = attributor.attribute(question, sources, text, history=list(history))
-    citations = citation_dicts(result, options.top_k, options.min_score)
-    used = used_documents(documents, result, options.used_min_score, options.used_min_share)
-    summary = summarize(result, attributor, citations, options)
+    # The core may drop sources to fit the context window (``overflow=``): its result then lists
+    # only the kept ones, so map back to the retrieved list by id, never by position.
+    positions = {src.id: i for i, src in enumerate(sources)}
+    citations = citation_dicts(result, options.top_k, options.min_score, positions)
+    used = used_documents(documents, result, options.used_min_score, options.used_min_share, positions)
+    summary = summarize(result, attributor, citations, options, positions)
     message = answer if isinstance(answer, AIMessage) else None
     if isinstance(answer, AIMessageChunk):
         message = message_chunk_to_message(answer)  # a streamed answer, aggregated
@@ -232,7 +235,9 @@ def cite(
     return Cited(result, citations, used, cited_answer, summary)
 
 
-def citation_dicts(result: AttributionResult, top_k: int | None, min_score: float) -> list[dict[str, Any]]:
+def citation_dicts(
+    result: AttributionResult, top_k: int | None, min_score: float, positions: Mapping[str, int] | None = None
+) -> list[dict[str, Any]]:
     """Ranked, JSON-ready citations.
 
     Each: ``rank``, ``source_index`` (position in the retrieved list), ``document_id``,
@@ -240,13 +245,15 @@ def citation_dicts(result: AttributionResult, top_k: int | None, min_score: floa
     in the document's ``page_content``), ``score`` (nats), ``share`` (of the total positive
     sentence score), ``answer_sentences`` (indices) with their ``answer_spans`` (offsets into
     the answer text), and ``scored_by`` (the model that scored it).
+
+    ``positions``: document id -> position in the retrieved list (default: the result's own order).
     """
     out = []
     for c in result.citations(top_k=top_k, min_score=min_score):
         spans = [result.answer_sentences[j] for j in c.answer_sentences]
         out.append({
             "rank": c.rank,
-            "source_index": c.source_index,
+            "source_index": positions[c.source_id] if positions is not None else c.source_index,
             "document_id": c.source_id,
             "metadata": c.metadata,
             "sentence_index": c.sentence_index,
@@ -263,34 +270,55 @@ def citation_dicts(result: AttributionResult, top_k: int | None, min_score: floa
 
 
 def used_documents(
-    documents: Sequence[Document], result: AttributionResult, min_score: float, min_share: float | None
+    documents: Sequence[Document],
+    result: AttributionResult,
+    min_score: float,
+    min_share: float | None,
+    positions: Mapping[str, int] | None = None,
 ) -> list[Document]:
-    """Copies of the documents the answer used (retrieval order), scores added to their metadata."""
+    """Copies of the documents the answer used (retrieval order), scores added to their metadata.
+
+    ``positions``: source id -> index into ``documents`` (needed when the core dropped sources).
+    A document the core dropped to fit the context window was not scored, so it is not used.
+    """
     mask = result.used_mask(min_score=min_score, min_share=min_share)
     shares = result.source_shares()
+    index = positions if positions is not None else {src.id: i for i, src in enumerate(result.sources)}
     return [
-        d.model_copy(update={"metadata": {**d.metadata, SCORE_KEY: s.score, SHARE_KEY: sh}})
-        for d, s, sh, used in zip(documents, result.document_scores, shares, mask)
+        documents[index[src.id]].model_copy(
+            update={"metadata": {**documents[index[src.id]].metadata, SCORE_KEY: s.score, SHARE_KEY: sh}}
+        )
+        for src, s, sh, used in zip(result.sources, result.document_scores, shares, mask)
         if used
     ]
 
 
 def summarize(
-    result: AttributionResult, attributor: Attributor, citations: list[dict[str, Any]], options: CiteOptions
+    result: AttributionResult,
+    attributor: Attributor,
+    citations: list[dict[str, Any]],
+    options: CiteOptions,
+    positions: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """A JSON-ready summary: scoring model(s), strategy, per-document scores and usage, timing."""
+    """A JSON-ready summary: scoring model(s), strategy, per-document scores and usage, timing.
+
+    ``documents[*].index`` is the position in the retrieved list (``positions``: id -> position);
+    ``dropped_document_ids`` names the documents the core dropped unscored to fit the context window.
+    """
     mask = result.used_mask(min_score=options.used_min_score, min_share=options.used_min_share)
     shares = result.source_shares()
+    index = positions if positions is not None else {src.id: i for i, src in enumerate(result.sources)}
     return {
         "model": attributor.target.name,
         "proxy": attributor.proxy.name if attributor.proxy is not None else None,
         "strategy": result.strategy,
         "citations": len(citations),
         "documents": [
-            {"index": i, "id": src.id, "title": src.title, "score": d.score, "share": sh, "used": u}
-            for i, (src, d, sh, u) in enumerate(zip(result.sources, result.document_scores, shares, mask))
+            {"index": index[src.id], "id": src.id, "title": src.title, "score": d.score, "share": sh, "used": u}
+            for src, d, sh, u in zip(result.sources, result.document_scores, shares, mask)
         ],
         "used_document_ids": [src.id for src, u in zip(result.sources, mask) if u],
+        "dropped_document_ids": [src.id for src in result.dropped_sources],
         "answer_sentences": [{"index": s.index, "start": s.start, "end": s.end} for s in result.answer_sentences],
         "seconds": result.timing.get("total_seconds"),
     }

@@ -166,3 +166,33 @@ def test_field_validation():
         AttribotNodePostprocessor(top_n=0)
     with pytest.raises(ValueError):
         AttribotNodePostprocessor(min_share=1.5)
+
+
+def test_nodes_the_core_drops_to_fit_the_window_stay_with_their_own_scores():
+    """overflow='drop_lowest_score' drops a middle node: the rest keep their scores, it goes last unscored."""
+    from attribot_rag import Attributor
+    from attribot_rag.testing import tiny_loaded_model
+
+    small = tiny_loaded_model()
+    small.model.config.max_position_embeddings = 200  # a window the three nodes overflow
+    att = Attributor(small, strategy="exact", overflow="drop_lowest_score")
+    texts = {"a": "Paris is the capital of France. It is big.",
+             "b": "The quick brown fox jumps over the lazy dog. " * 12,
+             "c": "Berlin is in Germany. Rome is in Italy."}
+    nodes = [NodeWithScore(node=TextNode(id_=k, text=t), score=s) for (k, t), s in zip(texts.items(), (0.9, 0.1, 0.5))]
+    pp = AttribotNodePostprocessor(attributor=att, metadata_mode=MetadataMode.NONE, citation_top_k=None)
+    got = pp.attribute_nodes(nodes, "Capital of France?", "Paris.")
+    core = got.result
+    assert [s.id for s in core.dropped_sources] == ["b"]
+    by_id = {s.id: d.score for s, d in zip(core.sources, core.document_scores)}
+    assert [n.node.node_id for n in got.nodes][-1] == "b" and got.nodes[-1].score is None
+    assert {n.node.node_id: n.score for n in got.nodes[:2]} == by_id
+    rows = {r["node_id"]: r for r in got.metadata["nodes"]}
+    assert rows["b"]["dropped"] and not rows["b"]["used"] and rows["b"]["retrieval_rank"] == 1
+    assert rows["c"]["attribution_score"] == by_id["c"] and rows["c"]["retrieval_rank"] == 2
+    cites = got.metadata["citations"]
+    assert cites and all(nodes[c["source_index"]].node.node_id == c["node_id"] for c in cites)
+    assert all(texts[c["node_id"]][c["start"]:c["end"]] == c["sentence"] for c in cites)
+    filtered = AttribotNodePostprocessor(attributor=att, filter_unused=True, min_score=-1e9).postprocess_nodes(
+        nodes, query_str="Capital of France?", answer="Paris.")
+    assert "b" not in {n.node.node_id for n in filtered}

@@ -323,3 +323,27 @@ def test_chat_history_is_scored_as_context(lc_tiny, lc_attributor, values, docs)
         _step(lc_tiny).invoke({**values, "chat_history": "hi"})
     with pytest.raises(ValueError, match="history_messages"):
         _step(lc_tiny, history_messages=-2)
+
+
+def test_documents_the_core_drops_to_fit_the_window_keep_their_own_scores():
+    """overflow='drop_lowest_score' drops a middle document: scores must stay with their documents."""
+    from attribot_rag.testing import tiny_loaded_model
+
+    small = tiny_loaded_model()
+    small.model.config.max_position_embeddings = 200  # a window the three documents overflow
+    att = Attributor(small, strategy="exact", overflow="drop_lowest_score")
+    docs = [Document(id="a", page_content="Paris is the capital of France. It is big.", metadata={"score": 0.9}),
+            Document(id="b", page_content="The quick brown fox jumps over the lazy dog. " * 12,
+                     metadata={"score": 0.1}),
+            Document(id="c", page_content="Berlin is in Germany. Rome is in Italy.", metadata={"score": 0.5})]
+    cited = AttribotCitations(attributor=att, used_min_score=-1e9, min_score=-1e9, top_k=None).cite(
+        {"question": "Capital of France?", "context": docs, "answer": "Paris."})
+    core = cited.result
+    assert [s.id for s in core.dropped_sources] == ["b"]
+    by_id = {s.id: d.score for s, d in zip(core.sources, core.document_scores)}
+    assert [(d.id, d.metadata[SCORE_KEY]) for d in cited.used_context] == [("a", by_id["a"]), ("c", by_id["c"])]
+    assert cited.citations and all(docs[c["source_index"]].id == c["document_id"] for c in cited.citations)
+    assert {c["document_id"] for c in cited.citations} == {"a", "c"}
+    summary = cited.summary
+    assert [(d["index"], d["id"]) for d in summary["documents"]] == [(0, "a"), (2, "c")]
+    assert summary["dropped_document_ids"] == ["b"]

@@ -271,6 +271,9 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
                 sid = f"{sid}#{i}"
             seen.add(sid)
             meta: dict[str, Any] = {"node_id": node.node_id}
+            retrieval = _retrieval_score(nws)
+            if retrieval is not None:  # what overflow="drop_lowest_score" ranks by
+                meta["score"] = retrieval
             title = node.metadata.get("title")
             if (
                 self.metadata_mode == MetadataMode.NONE
@@ -282,24 +285,26 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
         return sources
 
     def _rank(self, nodes: list[NodeWithScore], sources: list[Source], result: AttributionResult) -> AttributedNodes:
-        scores = [d.score for d in result.document_scores]
-        shares = result.source_shares()
-        used = result.used_mask(self.min_score, self.min_share)
-        order = sorted(range(len(nodes)), key=lambda i: -scores[i])  # stable: ties keep retrieval order
+        # The core may drop sources to fit the context window (``overflow=``) and then lists only
+        # the kept ones: map its scores back to the nodes by id, never by position.
+        position = {src.id: i for i, src in enumerate(sources)}
+        scored = [position[src.id] for src in result.sources]
+        scores: list[float | None] = [None] * len(nodes)
+        shares: list[float | None] = [None] * len(nodes)
+        used = [False] * len(nodes)  # a dropped node was not scored, so not used
+        for i, d, sh, u in zip(scored, result.document_scores, result.source_shares(),
+                               result.used_mask(self.min_score, self.min_share)):
+            scores[i], shares[i], used[i] = d.score, sh, u
+        # stable: ties keep retrieval order; dropped (unscored) nodes go last, in retrieval order
+        order = sorted(scored, key=lambda i: -scores[i]) + [i for i in range(len(nodes)) if scores[i] is None]
         kept = [i for i in order if used[i]] if self.filter_unused else list(order)
         if self.top_n is not None:
             kept = kept[: self.top_n]
         kept_set = set(kept)
 
-        def retrieval_score(nws: NodeWithScore) -> float | None:
-            # A node attributed before carries its original retrieval score already.
-            if ATTRIBUTION_SCORE_KEY in nws.node.metadata:
-                return nws.node.metadata.get(RETRIEVAL_SCORE_KEY)
-            return nws.score
-
         out = [
             NodeWithScore(
-                node=_annotated(nodes[i].node, retrieval_score(nodes[i]), scores[i], shares[i]), score=scores[i]
+                node=_annotated(nodes[i].node, _retrieval_score(nodes[i]), scores[i], shares[i]), score=scores[i]
             )
             for i in kept
         ]
@@ -308,10 +313,11 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
         for c in result.citations(top_k=self.citation_top_k):
             entry = c.to_dict()
             entry.pop("metadata", None)
-            entry["node_id"] = node_ids[c.source_index]
+            i = entry["source_index"] = position[c.source_id]  # in the retrieved list
+            entry["node_id"] = node_ids[i]
             # Offsets into the attributed content, and into node.text (None: the metadata header).
             entry["content_start"], entry["content_end"] = c.start, c.end
-            entry["start"], entry["end"] = _text_span(nodes[c.source_index].node, sources[c.source_index].text, c)
+            entry["start"], entry["end"] = _text_span(nodes[i].node, sources[i].text, c)
             citations.append(entry)
         metadata = {
             "question": result.question,
@@ -323,11 +329,12 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
                 {
                     "node_id": node_ids[i],
                     "retrieval_rank": i,
-                    "retrieval_score": retrieval_score(nodes[i]),
+                    "retrieval_score": _retrieval_score(nodes[i]),
                     "attribution_score": scores[i],
                     "share": shares[i],
                     "used": used[i],
                     "kept": i in kept_set,
+                    "dropped": scores[i] is None,  # dropped unscored by the core to fit the context window
                 }
                 for i in order
             ],
@@ -337,6 +344,13 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
             "timing": result.timing,
         }
         return AttributedNodes(nodes=out, result=result, metadata=metadata)
+
+
+def _retrieval_score(nws: NodeWithScore) -> float | None:
+    """The retriever's score of ``nws`` (a node attributed before carries it in its metadata)."""
+    if ATTRIBUTION_SCORE_KEY in nws.node.metadata:
+        return nws.node.metadata.get(RETRIEVAL_SCORE_KEY)
+    return nws.score
 
 
 def _text_span(node: BaseNode, content: str, citation: Any) -> tuple[int | None, int | None]:
@@ -352,7 +366,7 @@ def _text_span(node: BaseNode, content: str, citation: Any) -> tuple[int | None,
     return citation.start - pos + lead, citation.end - pos + lead
 
 
-def _annotated(node: BaseNode, retrieval: float | None, score: float, share: float) -> BaseNode:
+def _annotated(node: BaseNode, retrieval: float | None, score: float | None, share: float | None) -> BaseNode:
     """A copy of ``node`` whose metadata holds the scores (hidden from embeddings and the LLM).
 
     The original is left untouched: retrievers often hand out the docstore's own node objects.
