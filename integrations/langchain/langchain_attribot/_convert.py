@@ -9,6 +9,7 @@ reads the question, ``Document``\\ s and answer out of a chain's values, and tur
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -190,7 +191,11 @@ def jsonable(value: Any) -> Any:
     """``value`` with anything JSON cannot hold replaced by its ``str`` (metadata can hold anything)."""
     if value is None or isinstance(value, (str, bool, int)):
         return value
-    if isinstance(value, float):
+    # numbers.* covers numpy scalars (vector stores return np.float32 scores): keep them numbers
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        value = float(value)
         return value if math.isfinite(value) else str(value)
     if isinstance(value, Mapping):
         return {str(k): jsonable(v) for k, v in value.items()}

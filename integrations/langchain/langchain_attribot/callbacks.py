@@ -33,7 +33,8 @@ class _RunState:
 
     inputs: Any = None
     query: str | None = None  # the first retriever query
-    documents: list[Document] = field(default_factory=list)
+    retrieved: list[tuple[UUID, list[Document]]] = field(default_factory=list)  # per retriever run, by end
+    parents: dict[UUID, UUID | None] = field(default_factory=dict)  # run id -> parent run id
     answer: Any = None  # the last model output
     callbacks: Any = None  # the callback manager of the root's children (for the custom event)
     runs: set[UUID] = field(default_factory=set)
@@ -161,6 +162,7 @@ class AttribotCallbackHandler(BaseCallbackHandler):
             state = self._states[root]
             self._root[run_id] = root
             state.runs.add(run_id)
+            state.parents[run_id] = parent_run_id
             if parent_run_id == root and state.callbacks is None:
                 # While a direct child starts, the context holds the root's child callback manager.
                 config = var_child_runnable_config.get()
@@ -217,17 +219,12 @@ class AttribotCallbackHandler(BaseCallbackHandler):
     def on_retriever_end(
         self, documents: Sequence[Document], *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
     ) -> None:
-        """Collect the retrieved documents (de-duplicated by id across retrievers)."""
+        """Collect the documents this retriever run returned (merged when the run ends)."""
         state = self._state(run_id)
         if state is None:
             return
         with self._lock:
-            seen = {d.id for d in state.documents if d.id is not None}
-            for d in documents:
-                if d.id is None or d.id not in seen:
-                    state.documents.append(d)
-                    if d.id is not None:
-                        seen.add(d.id)
+            state.retrieved.append((run_id, list(documents)))
         self._end_leaf(run_id)
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, parent_run_id: UUID | None = None,
@@ -317,16 +314,46 @@ class AttribotCallbackHandler(BaseCallbackHandler):
                     return outputs[k]
         raise ChainInputError("the run produced no answer: no model ran under it and its output holds none")
 
+    def _documents(self, state: _RunState) -> list[Document]:
+        """What the outermost retrievers returned, de-duplicated by id (``id_key`` for id-less ones).
+
+        A retriever that wraps another (compression, re-ranking, filtering) reports its inner
+        retriever's candidates too; only its own, final list reached the prompt.
+        """
+        retrievers = {rid for rid, _ in state.retrieved}
+
+        def nested(rid: UUID) -> bool:
+            parent = state.parents.get(rid)
+            while parent is not None:
+                if parent in retrievers:
+                    return True
+                parent = state.parents.get(parent)
+            return False
+
+        out, seen = [], set()
+        for rid, docs in state.retrieved:
+            if nested(rid):
+                continue
+            for d in docs:
+                key = d.id if d.id is not None or not self.options.id_key else d.metadata.get(self.options.id_key)
+                key = None if key is None else str(key)  # as document_ids reads it
+                if key is None or key not in seen:
+                    out.append(d)
+                    if key is not None:
+                        seen.add(key)
+        return out
+
     def _finish(self, run_id: UUID, state: _RunState, outputs: Any, end_inputs: Any) -> None:
         try:
-            if not state.documents:
+            retrieved = self._documents(state)
+            if not retrieved:
                 raise ChainInputError(
                     "no documents to cite: no retriever returned documents in this run (the handler reads "
                     "them from on_retriever_end; documents fetched outside a retriever are invisible to it)"
                 )
             question = self._question(state, end_inputs)
             answer = self._answer(state, outputs)
-            documents = check_documents(state.documents, "retrieved documents")
+            documents = check_documents(retrieved, "retrieved documents")
             cited = cite(self.scorer.resolve(), question, documents, answer, self.options)
         except Exception as exc:
             with self._lock:

@@ -103,3 +103,40 @@ def test_handler_attached_to_a_sub_chain_and_max_results(lc_tiny, retriever, pro
     for q in ("a?", "b?", QUESTION):
         outer.invoke(q)
     assert len(handler.results) == 2 and handler.latest["question"] == QUESTION
+
+
+def test_handler_cites_what_a_wrapping_retriever_returned(lc_tiny, retriever, docs, prompt, fake_llm):
+    """A compression/re-rank retriever reports its inner retriever's candidates first; only its own
+    shorter list reaches the prompt, so only that list is cited."""
+    from langchain_core.callbacks import CallbackManagerForRetrieverRun
+    from langchain_core.retrievers import BaseRetriever
+
+    class KeepFirstTwo(BaseRetriever):
+        inner: BaseRetriever
+
+        def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun):
+            return self.inner.invoke(query, config={"callbacks": run_manager.get_child()})[:2]
+
+    handler = AttribotCallbackHandler(lc_tiny, used_min_score=-1e9)
+    out = _chain(KeepFirstTwo(inner=retriever), prompt, fake_llm).invoke(QUESTION, config={"callbacks": [handler]})
+    assert [d.id for d in out["context"]] == [d.id for d in docs[:2]]
+    assert [d.id for d in handler.latest["documents"]] == [d.id for d in docs[:2]]
+
+
+def test_handler_merges_two_retrievals_of_id_less_documents_by_id_key(lc_tiny, docs, prompt, fake_llm):
+    """The same id-less documents retrieved twice in one run (e.g. a rewritten query) are merged by id_key."""
+    from langchain_core.documents import Document
+    from langchain_core.retrievers import BaseRetriever
+
+    plain = [Document(page_content=d.page_content, metadata={"source": f"{d.id}.txt"}) for d in docs]
+
+    class Fixed(BaseRetriever):
+        def _get_relevant_documents(self, query: str, *, run_manager: Any):
+            return list(plain)
+
+    chain = (RunnableParallel(a=Fixed(), b=Fixed(), question=RunnablePassthrough())
+             | (lambda x: {"question": x["question"], "context": x["a"]})
+             | RunnablePassthrough.assign(answer=prompt | fake_llm | StrOutputParser()))
+    handler = AttribotCallbackHandler(lc_tiny, id_key="source", raise_error=True)
+    chain.invoke(QUESTION, config={"callbacks": [handler]})
+    assert [d.metadata["source"] for d in handler.latest["documents"]] == [d.metadata["source"] for d in plain]

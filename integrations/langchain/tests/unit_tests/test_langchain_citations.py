@@ -347,3 +347,17 @@ def test_documents_the_core_drops_to_fit_the_window_keep_their_own_scores():
     summary = cited.summary
     assert [(d["index"], d["id"]) for d in summary["documents"]] == [(0, "a"), (2, "c")]
     assert summary["dropped_document_ids"] == ["b"]
+
+
+def test_numpy_metadata_stays_numeric(lc_tiny, values, docs):
+    """Vector stores return np.float32 scores: citations keep them numbers (and JSON-ready)."""
+    import numpy as np
+
+    docs = [d.model_copy(update={"metadata": {**d.metadata, "score": np.float32(0.5), "page": np.int64(3),
+                                              "bad": np.float64("nan")}}) for d in docs]
+    cites = _step(lc_tiny).invoke({**values, "context": docs})["citations"]
+    assert cites
+    meta = cites[0]["metadata"]
+    assert type(meta["score"]) is float and meta["score"] == 0.5 and type(meta["page"]) is int and meta["page"] == 3
+    assert meta["bad"] == "nan"
+    json.dumps(cites)
