@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from attribot_rag import AttributionResult, Attributor, EmptyAnswerError, NoSourcesError, Source
+from attribot_rag import AttributionResult, Attributor, ConfigError, EmptyAnswerError, NoSourcesError, Source
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, message_chunk_to_message
 
@@ -48,6 +48,14 @@ class CiteOptions:
     used_min_score: float = 0.1
     used_min_share: float | None = None
     id_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)
+                                       or self.top_k < 0):
+            raise ConfigError(f"top_k={self.top_k!r}: pass a count >= 0, or None for every positive citation")
+        if self.used_min_share is not None and not 0 <= self.used_min_share <= 1:
+            raise ConfigError(f"the used-share threshold (used_min_share / min_share) is {self.used_min_share!r}: "
+                              "pass a share in [0, 1], or None to disable the share rule")
 
 
 @dataclass

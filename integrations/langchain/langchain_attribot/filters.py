@@ -74,8 +74,6 @@ class AttribotDocumentFilter(Runnable[dict[str, Any], list[Document]]):
         answer_key: str | None = None,
         id_key: str | None = None,
     ) -> None:
-        if min_share is not None and not 0 <= min_share <= 1:
-            raise ValueError("min_share must be in [0, 1] (or None)")
         self.scorer = ScorerSettings(model, proxy, strategy, device, dtype, template, attributor,
                                      dict(attributor_kwargs or {}))
         self.options = CiteOptions(top_k=0, used_min_score=min_score, used_min_share=min_share, id_key=id_key)

@@ -196,3 +196,24 @@ def test_nodes_the_core_drops_to_fit_the_window_stay_with_their_own_scores():
     filtered = AttribotNodePostprocessor(attributor=att, filter_unused=True, min_score=-1e9).postprocess_nodes(
         nodes, query_str="Capital of France?", answer="Paris.")
     assert "b" not in {n.node.node_id for n in filtered}
+
+
+def test_citation_offsets_index_the_body_when_the_title_repeats_it(attributor):
+    """The LLM sees "title: Paris.\n\nParis." : a citation of the body maps into node.text."""
+    node = NodeWithScore(node=TextNode(id_="n1", text="Paris.", metadata={"title": "Paris."}), score=1.0)
+    other = NodeWithScore(node=TextNode(id_="n2", text="Rome is in Italy."), score=0.5)
+    pp = AttribotNodePostprocessor(attributor=attributor, citation_top_k=None)
+    got = pp.attribute_nodes([node, other], "Capital of France?", "Paris.")
+    body = [c for c in got.metadata["citations"] if c["node_id"] == "n1" and c["sentence"] == "Paris."]
+    content = node.node.get_content(MetadataMode.LLM)
+    assert body and content.count("Paris.") == 2
+    assert [(c["content_start"], c["start"], c["end"]) for c in body] == [(content.rindex("Paris."), 0, 6)]
+
+
+def test_deepcopy_shares_the_loaded_model(attributor):
+    import copy
+
+    pp = AttribotNodePostprocessor(attributor=attributor, top_n=2)
+    for dup in (copy.deepcopy(pp), pp.model_copy(deep=True)):
+        assert dup.top_n == 2 and dup.attributor is attributor and dup is not pp
+    assert copy.deepcopy(AttribotNodePostprocessor(top_n=3)).top_n == 3

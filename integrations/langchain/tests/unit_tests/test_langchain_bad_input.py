@@ -112,3 +112,14 @@ def test_callback_handler_stores_errors_and_can_raise(lc_tiny, prompt, fake_llm)
     strict = AttribotCallbackHandler(lc_tiny, raise_error=True)
     with pytest.raises(ChainInputError):
         chain.invoke(QUESTION, config={"callbacks": [strict]})
+
+
+@pytest.mark.parametrize("kwargs", [{"top_k": -1}, {"top_k": 2.5}, {"used_min_share": 5.0}, {"used_min_share": -0.1}])
+def test_bad_options_are_config_errors_in_every_component(lc_tiny, kwargs):
+    from attribot_rag import ConfigError
+
+    from langchain_attribot import AttribotCallbackHandler, AttribotCitations
+
+    for component in (AttribotCitations, AttribotCallbackHandler):
+        with pytest.raises(ConfigError, match="top_k|used-share"):
+            component(lc_tiny, **kwargs)

@@ -23,7 +23,7 @@ from attribot_rag import (
     Source,
     Strategy,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
+from llama_index.core.bridge.pydantic import Field, field_validator
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
 
@@ -38,6 +38,8 @@ ATTRIBUTION_SCORE_KEY = "attribution_score"
 #: Node metadata key holding the node's share of the total positive attribution score.
 ATTRIBUTION_SHARE_KEY = "attribution_share"
 _ADDED_KEYS = (RETRIEVAL_SCORE_KEY, ATTRIBUTION_SCORE_KEY, ATTRIBUTION_SHARE_KEY)
+# Guards the lazy model load; module-level so postprocessors stay deep-copyable and picklable.
+_BUILD_LOCK = threading.Lock()
 
 
 class NodeTextError(InputError):
@@ -135,8 +137,6 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
     citation_top_k: int | None = Field(default=10, description="How many sentence citations to report.")
     metadata_mode: MetadataMode = Field(default=MetadataMode.LLM, description="Which node content to attribute.")
 
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-
     @field_validator("top_n", "citation_top_k")
     @classmethod
     def _positive(cls, value: int | None) -> int | None:
@@ -151,6 +151,13 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
             raise ValueError("min_share must be in [0, 1] (or None)")
         return value
 
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> AttribotNodePostprocessor:
+        """A deep copy that shares the attributor: its loaded model is never duplicated."""
+        memo = {} if memo is None else memo
+        if self.attributor is not None:
+            memo[id(self.attributor)] = self.attributor
+        return super().__deepcopy__(memo)
+
     @classmethod
     def class_name(cls) -> str:
         """The name LlamaIndex serializes this component under."""
@@ -160,7 +167,7 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
     def get_attributor(self) -> Attributor:
         """The attributor in use, built (and its model loaded) on first call."""
         if self.attributor is None:
-            with self._lock:
+            with _BUILD_LOCK:
                 if self.attributor is None:
                     self.attributor = Attributor(
                         self.target, self.proxy, strategy=self.strategy, dtype=self.dtype, device=self.device,
@@ -359,7 +366,8 @@ def _text_span(node: BaseNode, content: str, citation: Any) -> tuple[int | None,
     if not isinstance(text, str):
         return None, None
     stripped = text.strip()
-    pos = content.find(stripped) if stripped else -1
+    # LlamaIndex renders "{metadata}\n\n{content}": the body is the last match (a title may repeat it)
+    pos = content.rfind(stripped) if stripped else -1
     if pos < 0 or citation.start < pos or citation.end > pos + len(stripped):
         return None, None
     lead = len(text) - len(text.lstrip())
