@@ -11,7 +11,6 @@ from llama_index.postprocessor.attribot import (
     RETRIEVAL_SCORE_KEY,
     AttribotNodePostprocessor,
     AttributedChatEngine,
-    NoSourcesError,
 )
 
 ENGINES = {"context": ContextChatEngine, "condense_plus_context": CondensePlusContextChatEngine}
@@ -83,10 +82,15 @@ def test_stream_chat_consumes_then_attributes(kind, attributor, retriever, make_
     assert [m.content for m in engine.chat_history] == [question, answer]
 
 
-def test_chat_without_nodes_is_a_clear_error(attributor, make_retriever, llm, question):
+def test_chat_without_nodes_returns_the_turn_unattributed(attributor, make_retriever, llm, question):
+    """The engine already wrote the turn to memory: the caller must get its answer, marked skipped."""
     engine = _chat_engine("context", attributor, make_retriever([]), llm)
-    with pytest.raises(NoSourcesError, match="no source nodes"):
-        engine.chat(question)
+    response = engine.chat(question)
+    meta = response.metadata[METADATA_KEY]
+    assert "no source nodes" in meta["skipped"] and meta["citations"] == [] and response.source_nodes == []
+    assert [m.content for m in engine.chat_history] == [question, response.response]
+    streamed = asyncio.run(engine.astream_chat(question))
+    assert "no source nodes" in streamed.metadata[METADATA_KEY]["skipped"]
 
 
 @pytest.mark.parametrize("kind", list(ENGINES))

@@ -96,16 +96,31 @@ def _wrap(attributor, response):
     )
 
 
-def test_bad_responses_give_clear_errors(attributor, nodes, make_llm, make_retriever, question):
+def test_turns_without_nodes_or_answer_come_back_unattributed_and_say_why(
+    attributor, nodes, make_llm, make_retriever, question, caplog
+):
+    """The plain engine answers these; the wrapper returns that answer, marked skipped, never raises."""
+    for response, why in ((Response("An answer.", source_nodes=[]), "no source nodes"),
+                          *((Response(empty, source_nodes=nodes), "no answer text") for empty in (None, "", "  "))):
+        out = _wrap(attributor, response).query(question)
+        meta = out.metadata[METADATA_KEY]
+        assert out.response == response.response and why in meta["skipped"]
+        assert meta["citations"] == [] and meta["nodes"] == []
+        assert [n.node.node_id for n in out.source_nodes] == [n.node.node_id for n in response.source_nodes]
+    assert "left unattributed" in caplog.text
+    out = _engine(attributor, make_retriever([]), make_llm()).query(question)  # a retriever that finds nothing
+    assert "no source nodes" in out.metadata[METADATA_KEY]["skipped"] and out.source_nodes == []
+    out = asyncio.run(_engine(attributor, make_retriever(nodes), make_llm(answer=" ")).aquery(question))
+    assert "no answer text" in out.metadata[METADATA_KEY]["skipped"]
+    # the postprocessor called directly still rejects them with typed errors
+    pp = AttribotNodePostprocessor(attributor=attributor)
     with pytest.raises(NoSourcesError, match="no source nodes"):
-        _wrap(attributor, Response("An answer.", source_nodes=[])).query(question)
-    with pytest.raises(NoSourcesError):  # a retriever that finds nothing
-        _engine(attributor, make_retriever([]), make_llm()).query(question)
-    for empty in (None, "", "  "):
-        with pytest.raises(EmptyAnswerError):
-            _wrap(attributor, Response(empty, source_nodes=nodes)).query(question)
+        pp.attribute_nodes([], question, "An answer.")
     with pytest.raises(EmptyAnswerError):
-        asyncio.run(_engine(attributor, make_retriever(nodes), make_llm(answer=" ")).aquery(question))
+        pp.attribute_nodes(nodes, question, " ")
+
+
+def test_bad_nodes_give_clear_errors(attributor, nodes, question):
     from llama_index.core.schema import NodeWithScore, TextNode
 
     blank = NodeWithScore(node=TextNode(id_="blank", text=""), score=0.3)

@@ -7,6 +7,7 @@ nodes into attribot sources and the :class:`~attribot_rag.AttributionResult` bac
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, Query
 from .prompts import llamaindex_qa_template
 
 #: Key of the attribution entry merged into ``Response.metadata`` / ``AgentChatResponse.metadata``.
+logger = logging.getLogger(__name__)
+
 METADATA_KEY = "attribot"
 #: Node metadata key holding the retriever's score (``NodeWithScore.score`` becomes the attribution score).
 RETRIEVAL_SCORE_KEY = "retrieval_score"
@@ -54,14 +57,23 @@ class AttributedNodes:
         nodes: the nodes re-ranked by attribution score (highest first), filtered when the
             postprocessor filters; each is a copy whose ``score`` is the attribution score and
             whose metadata holds the retrieval score.
-        result: the full :class:`attribot_rag.AttributionResult` (``source_index`` = position in
-            the input node list).
+        result: the full :class:`attribot_rag.AttributionResult` (its ``source_index`` indexes
+            ``result.sources``, the nodes kept after any overflow drop; the citations in
+            ``metadata`` give the position in the input node list); ``None`` when a wrapper
+            engine skipped the turn (``metadata["skipped"]`` says why).
         metadata: the JSON-ready entry stored under ``response.metadata["attribot"]``.
     """
 
     nodes: list[NodeWithScore]
-    result: AttributionResult
+    result: AttributionResult | None
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def skipped(cls, nodes: Sequence[NodeWithScore], question: str | None, answer: str | None,
+                reason: str) -> AttributedNodes:
+        """A turn left unattributed: the nodes as they came, no citations, and why."""
+        return cls(nodes=list(nodes), result=None, metadata={
+            "question": question, "answer": answer, "skipped": reason, "citations": [], "nodes": []})
 
     @property
     def citations(self) -> list[dict[str, Any]]:
@@ -238,6 +250,28 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
         result = await asyncio.to_thread(attributor.attribute, question, sources, answer, history=history)
         return self._rank(nodes, sources, result)
 
+    def attribute_turn(
+        self, nodes: Sequence[NodeWithScore], query_str: str, answer: str | None, history: Sequence[Any] | None = None
+    ) -> AttributedNodes:
+        """:meth:`attribute_nodes` for wrapper engines: a turn with no source nodes or no answer
+        (the engine answered without retrieval) is returned skipped, with a warning, not raised.
+        The plain engine answered it; attribution must not turn that answer into an error."""
+        reason = _skip_reason(nodes, answer)
+        if reason is not None:
+            logger.warning("attribot: answer left unattributed: %s", reason)
+            return AttributedNodes.skipped(nodes or [], query_str, answer, reason)
+        return self.attribute_nodes(nodes, query_str, answer, history)
+
+    async def aattribute_turn(
+        self, nodes: Sequence[NodeWithScore], query_str: str, answer: str | None, history: Sequence[Any] | None = None
+    ) -> AttributedNodes:
+        """Async :meth:`attribute_turn`."""
+        reason = _skip_reason(nodes, answer)
+        if reason is not None:
+            logger.warning("attribot: answer left unattributed: %s", reason)
+            return AttributedNodes.skipped(nodes or [], query_str, answer, reason)
+        return await self.aattribute_nodes(nodes, query_str, answer, history)
+
     # ------------------------------------------------------------------ internals
     @staticmethod
     def _question(query_bundle: QueryBundle | None, query_str: str | None) -> str:
@@ -351,6 +385,14 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
             "timing": result.timing,
         }
         return AttributedNodes(nodes=out, result=result, metadata=metadata)
+
+
+def _skip_reason(nodes: Sequence[NodeWithScore] | None, answer: Any) -> str | None:
+    if not nodes:
+        return "no source nodes (the retriever returned nothing, or the engine answered without retrieval)"
+    if not isinstance(answer, str) or not answer.strip():
+        return "the engine returned no answer text"
+    return None
 
 
 def _retrieval_score(nws: NodeWithScore) -> float | None:

@@ -59,6 +59,9 @@ class AttributedChatEngine(BaseChatEngine):
     rendered before it as context (never ablated), so "and when was it built?" is scored in
     its conversation.
 
+    A turn with no source nodes (or no answer text) comes back unattributed, with
+    ``metadata["attribot"]["skipped"]`` saying why: the engine has written it to memory already.
+
     Streaming (``stream_chat``/``astream_chat``): the wrapped stream is consumed first, since
     attribution needs the whole answer, and the returned response replays it in one chunk.
 
@@ -111,7 +114,7 @@ class AttributedChatEngine(BaseChatEngine):
         prior = self._prior(chat_history)
         response = self._chat_engine.chat(message, chat_history, **kwargs)
         text = _drain(response)
-        attributed = self.postprocessor.attribute_nodes(
+        attributed = self.postprocessor.attribute_turn(
             response.source_nodes, self._question(message, response), text, prior
         )
         return self._response(response, text, attributed)
@@ -123,7 +126,7 @@ class AttributedChatEngine(BaseChatEngine):
         prior = self._prior(chat_history)
         response = await self._chat_engine.achat(message, chat_history, **kwargs)
         text = await _adrain(response)
-        attributed = await self.postprocessor.aattribute_nodes(
+        attributed = await self.postprocessor.aattribute_turn(
             response.source_nodes, self._question(message, response), text, prior
         )
         return self._response(response, text, attributed)
@@ -135,7 +138,7 @@ class AttributedChatEngine(BaseChatEngine):
         prior = self._prior(chat_history)
         response = self._chat_engine.stream_chat(message, chat_history, **kwargs)
         text = _drain(response)
-        attributed = self.postprocessor.attribute_nodes(
+        attributed = self.postprocessor.attribute_turn(
             response.source_nodes, self._question(message, response), text, prior
         )
         return self._streaming(response, text, attributed)
@@ -147,7 +150,7 @@ class AttributedChatEngine(BaseChatEngine):
         prior = self._prior(chat_history)
         response = await self._chat_engine.astream_chat(message, chat_history, **kwargs)
         text = await _adrain(response)
-        attributed = await self.postprocessor.aattribute_nodes(
+        attributed = await self.postprocessor.aattribute_turn(
             response.source_nodes, self._question(message, response), text, prior
         )
         return self._streaming(response, text, attributed)

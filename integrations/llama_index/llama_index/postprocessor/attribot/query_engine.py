@@ -72,6 +72,9 @@ class AttributedQueryEngine(CustomQueryEngine):
     * ``metadata["attribot"]``: citations (each with its ``node_id``), per-node scores, the
       answer's sentences and timing, merged next to the synthesizer's ``{node_id: metadata}``.
 
+    A response with no source nodes or no answer text comes back unattributed, with
+    ``metadata["attribot"]["skipped"]`` saying why (see :meth:`AttribotNodePostprocessor.attribute_turn`).
+
     Streaming: when the wrapped engine streams, the stream is consumed first (attribution needs
     the whole answer) and a plain, non-streaming :class:`Response` is returned.
 
@@ -122,12 +125,12 @@ class AttributedQueryEngine(CustomQueryEngine):
 
     def _run(self, bundle: QueryBundle) -> Response | PydanticResponse:
         response = _finished(self.query_engine.query(bundle))
-        attributed = self.postprocessor.attribute_nodes(response.source_nodes, bundle.query_str, _answer_text(response))
+        attributed = self.postprocessor.attribute_turn(response.source_nodes, bundle.query_str, _answer_text(response))
         return _attributed(response, attributed)
 
     async def _arun(self, bundle: QueryBundle) -> Response | PydanticResponse:
         response = await _afinished(await self.query_engine.aquery(bundle))
-        attributed = await self.postprocessor.aattribute_nodes(
+        attributed = await self.postprocessor.aattribute_turn(
             response.source_nodes, bundle.query_str, _answer_text(response)
         )
         return _attributed(response, attributed)
