@@ -149,6 +149,28 @@ def history_messages(value: Any, key: str = "chat_history") -> list[dict[str, st
     return out
 
 
+def check_history_messages(n: int | None) -> int | None:
+    """Validate a ``history_messages`` option (``None``: keep every history message)."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise ConfigError(f"history_messages must be None or an int >= 0, got {n!r}")
+    return n
+
+
+def chain_history(values: Any, key: str | None = None, keep: int | None = None) -> list[dict[str, str]]:
+    """The earlier chat turns in a chain's dict: under ``key``, else ``chat_history`` or ``history``
+    when present (none: ``[]``); only the latest ``keep`` messages when ``keep`` is set."""
+    if key is not None and (not isinstance(values, Mapping) or key not in values):
+        keys = sorted(map(str, values)) if isinstance(values, Mapping) else type(values).__name__
+        raise ChainInputError(f"the chain's input has no {key!r} key for the chat history (keys: {keys})")
+    if not isinstance(values, Mapping):
+        return []
+    hk = key or next((k for k in HISTORY_KEYS if k in values), None)
+    history = history_messages(values.get(hk), hk) if hk else []
+    if keep is not None:
+        history = history[-keep:] if keep else []
+    return history
+
+
 def check_documents(value: Any, key: str = "context") -> list[Document]:
     """The retrieved documents: a non-empty list of ``Document`` objects."""
     if isinstance(value, str):

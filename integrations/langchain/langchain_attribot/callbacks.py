@@ -17,7 +17,16 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
 from langchain_core.runnables.config import var_child_runnable_config
 
-from ._convert import ANSWER_KEYS, QUESTION_KEYS, CiteOptions, check_documents, cite, question_text
+from ._convert import (
+    ANSWER_KEYS,
+    QUESTION_KEYS,
+    CiteOptions,
+    chain_history,
+    check_documents,
+    check_history_messages,
+    cite,
+    question_text,
+)
 from ._models import ModelLike
 from ._settings import ScorerSettings
 from .errors import ChainInputError, CitationsNotReadyError
@@ -86,6 +95,8 @@ class AttribotCallbackHandler(BaseCallbackHandler):
             settings as an ``AttribotCitations`` share its loaded model.
         top_k / min_score / used_min_score / used_min_share / id_key: as in ``AttribotCitations``.
         question_key: the top-level input key holding the question (default: auto-detected).
+        history_key / history_messages: earlier chat turns in the top-level input (default:
+            ``chat_history`` or ``history`` when present), scored as context as in ``AttribotCitations``.
         event_name: the custom event's name (``None``: dispatch no event).
         max_results: keep the records of this many most recent runs.
         raise_error: let errors propagate out of the chain instead of storing them.
@@ -108,6 +119,8 @@ class AttribotCallbackHandler(BaseCallbackHandler):
         used_min_share: float | None = None,
         id_key: str | None = None,
         question_key: str | None = None,
+        history_key: str | None = None,
+        history_messages: int | None = None,
         event_name: str | None = EVENT_NAME,
         max_results: int = 1000,
         raise_error: bool = False,
@@ -117,6 +130,8 @@ class AttribotCallbackHandler(BaseCallbackHandler):
                                      dict(attributor_kwargs or {}))
         self.options = CiteOptions(top_k, min_score, used_min_score, used_min_share, id_key)
         self.question_key = question_key
+        self.history_key = history_key
+        self.history_messages = check_history_messages(history_messages)
         self.event_name = event_name
         self.max_results = max_results
         self.raise_error = raise_error
@@ -354,7 +369,8 @@ class AttribotCallbackHandler(BaseCallbackHandler):
             question = self._question(state, end_inputs)
             answer = self._answer(state, outputs)
             documents = check_documents(retrieved, "retrieved documents")
-            cited = cite(self.scorer.resolve(), question, documents, answer, self.options)
+            history = chain_history(state.inputs, self.history_key, self.history_messages)
+            cited = cite(self.scorer.resolve(), question, documents, answer, self.options, history)
         except Exception as exc:
             with self._lock:
                 self.errors[run_id] = exc

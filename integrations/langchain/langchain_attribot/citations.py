@@ -13,13 +13,13 @@ from langchain_core.runnables.utils import AddableDict
 from ._convert import (
     ANSWER_KEYS,
     DOCUMENTS_KEYS,
-    HISTORY_KEYS,
     QUESTION_KEYS,
     Cited,
     CiteOptions,
+    chain_history,
     check_documents,
+    check_history_messages,
     cite,
-    history_messages,
     pick_key,
     question_text,
 )
@@ -118,10 +118,8 @@ class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
         self.question_key = question_key
         self.documents_key = documents_key
         self.answer_key = answer_key
-        if history_messages is not None and (not isinstance(history_messages, int) or history_messages < 0):
-            raise ValueError(f"history_messages must be None or an int >= 0, got {history_messages!r}")
         self.history_key = history_key
-        self.history_messages = history_messages
+        self.history_messages = check_history_messages(history_messages)
         self.citations_key = citations_key
         self.used_context_key = used_context_key
         self.cited_answer_key = cited_answer_key
@@ -148,13 +146,7 @@ class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
         ak = pick_key(values, self.answer_key, ANSWER_KEYS, "answer")
         question = question_text(values[qk], qk)
         documents = check_documents(values[dk], dk)
-        if self.history_key is not None and self.history_key not in values:
-            raise ChainInputError(f"the chain output has no {self.history_key!r} key for the chat history "
-                                  f"(keys: {sorted(map(str, values))})")
-        hk = self.history_key or next((k for k in HISTORY_KEYS if k in values), None)
-        history = history_messages(values.get(hk), hk) if hk else []
-        if self.history_messages is not None:
-            history = history[-self.history_messages:] if self.history_messages else []
+        history = chain_history(values, self.history_key, self.history_messages)
         return cite(self.attributor, question, documents, values[ak], self.options, history)
 
     def _additions(self, values: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,9 @@ from ._convert import (
     DOCUMENTS_KEYS,
     QUESTION_KEYS,
     CiteOptions,
+    chain_history,
     check_documents,
+    check_history_messages,
     cite,
     pick_key,
     question_text,
@@ -53,7 +55,8 @@ class AttribotDocumentFilter(Runnable[dict[str, Any], list[Document]]):
         min_score: keep documents whose leave-one-out score is above this (nats).
         min_share: ... and (when set) whose share of the total positive score is at least this.
             For a share-only rule, set ``min_score=0.0``.
-        question_key / documents_key / answer_key / id_key: as in ``AttribotCitations``.
+        question_key / documents_key / answer_key / id_key / history_key / history_messages: as in
+            ``AttribotCitations`` (the answer is scored in its conversation, as there).
     """
 
     def __init__(
@@ -73,6 +76,8 @@ class AttribotDocumentFilter(Runnable[dict[str, Any], list[Document]]):
         documents_key: str | None = None,
         answer_key: str | None = None,
         id_key: str | None = None,
+        history_key: str | None = None,
+        history_messages: int | None = None,
     ) -> None:
         self.scorer = ScorerSettings(model, proxy, strategy, device, dtype, template, attributor,
                                      dict(attributor_kwargs or {}))
@@ -80,6 +85,8 @@ class AttribotDocumentFilter(Runnable[dict[str, Any], list[Document]]):
         self.question_key = question_key
         self.documents_key = documents_key
         self.answer_key = answer_key
+        self.history_key = history_key
+        self.history_messages = check_history_messages(history_messages)
 
     def __repr__(self) -> str:
         return (f"AttribotDocumentFilter({self.scorer.describe()}, min_score={self.options.used_min_score}, "
@@ -107,7 +114,9 @@ class AttribotDocumentFilter(Runnable[dict[str, Any], list[Document]]):
         dk = pick_key(values, self.documents_key, DOCUMENTS_KEYS, "documents (retrieved Documents)")
         ak = pick_key(values, self.answer_key, ANSWER_KEYS, "answer")
         docs = check_documents(values[dk], dk)
-        return cite(self.scorer.resolve(), question_text(values[qk], qk), docs, values[ak], self.options).used_context
+        history = chain_history(values, self.history_key, self.history_messages)
+        return cite(self.scorer.resolve(), question_text(values[qk], qk), docs, values[ak], self.options,
+                    history).used_context
 
     async def _afrom_values(self, values: Mapping[str, Any]) -> list[Document]:
         return await run_in_executor(None, self._from_values, values)

@@ -140,3 +140,25 @@ def test_handler_merges_two_retrievals_of_id_less_documents_by_id_key(lc_tiny, d
     handler = AttribotCallbackHandler(lc_tiny, id_key="source", raise_error=True)
     chain.invoke(QUESTION, config={"callbacks": [handler]})
     assert [d.metadata["source"] for d in handler.latest["documents"]] == [d.metadata["source"] for d in plain]
+
+
+def test_handler_and_filter_score_a_chat_turn_in_its_conversation(lc_tiny, retriever, fake_llm):
+    """chat_history in the chain's input is context for the handler and the filter, as for the step."""
+    from langchain_core.messages import AIMessage, HumanMessage
+    from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+
+    from langchain_attribot import AttribotDocumentFilter
+
+    prompt = ChatPromptTemplate.from_messages([MessagesPlaceholder("chat_history"), ("human", "{context}\n{question}")])
+    chain = (RunnablePassthrough.assign(context=(lambda x: x["question"]) | retriever)
+             | RunnablePassthrough.assign(answer=prompt | fake_llm | StrOutputParser()))
+    history = [HumanMessage("Tell me about the Eiffel Tower."), AIMessage("It is in Paris.")]
+    handler = AttribotCallbackHandler(lc_tiny, top_k=None, used_min_score=-1e9)
+    out = chain.invoke({"question": QUESTION, "chat_history": history}, config={"callbacks": [handler]})
+    step = AttribotCitations(lc_tiny, top_k=None, used_min_score=-1e9).cite(out)
+    alone = AttribotCitations(lc_tiny, top_k=None, used_min_score=-1e9, history_messages=0).cite(out)
+    scores = [d["score"] for d in step.summary["documents"]]
+    assert len(step.result.history) == 2 and scores != [d["score"] for d in alone.summary["documents"]]
+    assert [d["score"] for d in handler.latest["summary"]["documents"]] == scores
+    used = AttribotDocumentFilter(lc_tiny, strategy="auto", min_score=-1e9).invoke(out)
+    assert [d.metadata["attribot_score"] for d in used] == scores
