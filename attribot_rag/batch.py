@@ -54,7 +54,7 @@ REQUIRED_FIELDS = ("id", "question", "documents", "answer")
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 _PART = re.compile(r"part-(\d{6,})\.(jsonl|parquet)")
-_TMP = re.compile(r"\.part-\d+\.(jsonl|parquet)\.[\w-]+\.tmp")
+_TMP = re.compile(r"\.(part-\d+\.(jsonl|parquet)|_job\.json|_summary\.json)\.[\w-]+\.tmp")  # _atomic_write's
 
 
 # ---------------------------------------------------------------------------------------- input
@@ -93,7 +93,12 @@ def input_format(path: str | os.PathLike) -> str:
 
 
 def _parquet_files(p: Path) -> list[Path]:
-    return [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in _PARQUET_SUFFIXES)
+    """The dataset's files; like pyarrow, parts under names starting with "_" or "." are not data
+    (Spark's ``_temporary/``, this library's own hidden temp files)."""
+    if p.is_file():
+        return [p]
+    return sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in _PARQUET_SUFFIXES
+                  and not any(part.startswith(("_", ".")) for part in f.relative_to(p).parts))
 
 
 def _pyarrow():
@@ -259,7 +264,8 @@ def _read_part(path: Path) -> list[dict]:
 def read_output(out_dir: str | os.PathLike) -> list[dict]:
     """Every row a batch job wrote to ``out_dir``, in input order."""
     d = Path(out_dir)
-    parts = sorted((p for p in d.iterdir() if _PART.fullmatch(p.name)), key=lambda p: p.name)
+    parts = sorted((p for p in d.iterdir() if _PART.fullmatch(p.name)),
+                   key=lambda p: int(_PART.fullmatch(p.name).group(1)))  # by number: names grow past 6 digits
     return [row for p in parts for row in _read_part(p)]
 
 
@@ -597,7 +603,8 @@ def _run_ray(pending: list[Shard], input_path: Path, model_kw: dict, on_shard: C
         by_index = {s.index: s for s in pending}
         try:
             for out in ds.iter_rows():
-                rows = [json.loads(line) for line in out["rows"].splitlines()]
+                # split on "\n" only: splitlines() also breaks at U+2028/U+0085 inside JSON strings
+                rows = [json.loads(line) for line in out["rows"].split("\n") if line]
                 on_shard(by_index[int(out["index"])], rows)
         except ray.exceptions.RayError as exc:  # e.g. an actor could not load the model
             raise BatchError(f"a Ray worker failed: {_ray_reason(exc)}; finished shards are kept: fix the cause and "
@@ -677,14 +684,25 @@ def run_batch(
         raise ConfigError(f"unknown output format {output_format!r}: use 'jsonl' or 'parquet'")
     if top_k is not None and top_k < 1:
         raise ConfigError("top_k must be >= 1 (or None for every positive citation)")
+    if threads is not None and threads < 1:
+        raise ConfigError("threads must be >= 1 (or None for torch's default)")
     if engine == "ray":
         _check_model_spec(target, "target")
         _check_model_spec(proxy, "proxy")
+        if not cpus_per_actor > 0 or (gpus_per_actor is not None and gpus_per_actor < 0):
+            raise ConfigError("cpus_per_actor must be > 0 and gpus_per_actor >= 0 (or None for one per GPU)")
+        if (ray_init_kwargs or {}).get("num_cpus", 1) < 1:
+            raise ConfigError("the local Ray instance needs num_cpus >= 1 (--ray-cpus)")
+        if num_actors is not None and num_actors < 1:
+            raise ConfigError("num_actors must be >= 1 (or None: one per GPU, or per cpus_per_actor CPUs)")
     from .attributor import OVERFLOW_POLICIES, Strategy
 
     if overflow not in OVERFLOW_POLICIES:
         raise ConfigError(f"unknown overflow policy {overflow!r}: use one of {', '.join(OVERFLOW_POLICIES)}")
     in_path, out_dir = Path(input_path).resolve(), Path(output_dir)
+    if in_path.is_dir() and (out_dir.resolve() == in_path or in_path in out_dir.resolve().parents):
+        # its shard files would be read back as input records, shifting every record after them
+        raise BatchError(f"output folder {out_dir} is inside the input folder {in_path}: write it elsewhere")
     shards = plan_shards(in_path, shard_size)
     records = shards[-1].stop if shards else 0
     job = {
@@ -692,7 +710,8 @@ def run_batch(
         "shard_size": shard_size, "format": output_format, "target": _model_spec(target),
         "proxy": _model_spec(proxy),
         "strategy": dataclasses.asdict(strategy) if isinstance(strategy, Strategy) else strategy,
-        "top_k": top_k, "overflow": overflow, "dtype": dtype,
+        "top_k": top_k, "overflow": overflow,
+        "dtype": dtype if dtype is None or isinstance(dtype, str) else str(dtype).removeprefix("torch."),
     }
     model_kw = dict(target=target, proxy=proxy, strategy=strategy, top_k=top_k, device=device, dtype=dtype,
                     overflow=overflow)
@@ -794,7 +813,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
             shard_size=args.shard_size, output_format=args.output_format, overflow=args.overflow,
             device=args.device, dtype=args.dtype, engine=args.engine, threads=args.threads, address=args.address,
             num_actors=args.num_actors, cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
-            ray_init_kwargs={"num_cpus": args.ray_cpus} if args.ray_cpus else None,
+            ray_init_kwargs={"num_cpus": args.ray_cpus} if args.ray_cpus is not None else None,
             overwrite=args.overwrite, progress=not args.no_progress,
         )
     except (KeyboardInterrupt, _Terminated) as exc:

@@ -49,7 +49,8 @@ def load_docs(path: str | Path) -> list[Source]:
         raise DocsFileError(f"{p} is not UTF-8 text: {exc}") from exc
     if p.suffix.lower() == ".jsonl":
         docs = []
-        for n, line in enumerate(raw.splitlines(), start=1):
+        # split on "\n" only: splitlines() also breaks at U+2028/U+2029/U+0085 inside JSON strings
+        for n, line in enumerate(raw.split("\n"), start=1):
             if not line.strip():
                 continue
             try:

@@ -256,11 +256,20 @@ def as_sources(items: Iterable[SourceLike]) -> list[Source]:
         elif isinstance(item, str):
             src = Source(id=str(i), text=item)
         elif isinstance(item, Mapping):
+            extra, sentences = item.get("metadata"), item.get("sentences")  # None = absent (Parquet fills gaps)
+            if extra is not None and not isinstance(extra, Mapping):
+                raise InputError(f"source {i}: 'metadata' is a {type(extra).__name__}; pass a dict (or leave it out)")
+            if sentences is not None:
+                ok = not isinstance(sentences, (str, bytes, Mapping)) and isinstance(sentences, Iterable)
+                sentences = list(sentences) if ok else sentences
+                if not ok or not all(isinstance(x, str) for x in sentences):
+                    raise InputError(f"source {i}: 'sentences' must be a list of strings (or left out, to split "
+                                     "'text')")
             meta = {k: v for k, v in item.items() if k not in ("id", "text", "sentences", "metadata")}
-            meta.update(item.get("metadata") or {})
+            meta.update(extra or {})
             sid = str(item.get("id", i))
-            if "sentences" in item:
-                src = Source.from_sentences(sid, item["sentences"], meta)
+            if sentences is not None:
+                src = Source.from_sentences(sid, sentences, meta)
             elif isinstance(item.get("text"), str):
                 src = Source(id=sid, text=item["text"], metadata=meta)
             else:

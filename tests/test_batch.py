@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOCS = [
     {"id": "paris", "text": "Paris is the capital of France. Berlin is in Germany."},
     {"id": "tower", "text": "The Eiffel Tower was built in 1889. Gustave Eiffel built it. The dog is lazy."},
-    "The quick brown fox jumps over the lazy dog.",
+    "The quick brown fox\u2028jumps over the lazy dog.",  # U+2028: a line break to str.splitlines()
 ]
 # Planted bad records (JSON text of one line) and the error type their row must carry.
 BAD = [
@@ -180,6 +180,11 @@ def test_bad_arguments(small, model_dir, tmp_path, tiny):
         run_batch(inp, tmp_path / "o3", **kw, engine="spark")
     with pytest.raises(ConfigError, match="shard_size"):
         run_batch(inp, tmp_path / "o3", **kw, shard_size=0)
+    for bad in ({"cpus_per_actor": 0}, {"gpus_per_actor": -1}, {"num_actors": 0}, {"ray_init_kwargs": {"num_cpus": 0}}):
+        with pytest.raises(ConfigError, match="cpus_per_actor|num_actors|num_cpus"):
+            run_batch(inp, tmp_path / "o3", **kw, engine="ray", **bad)
+    with pytest.raises(ConfigError, match="threads"):
+        run_batch(inp, tmp_path / "o3", **{**kw, "threads": 0})
     (tmp_path / "busy").mkdir()
     with _Lock(tmp_path / "busy"), pytest.raises(BatchError, match="another attribot-rag batch job"):
         run_batch(inp, tmp_path / "busy", **kw)
@@ -334,3 +339,73 @@ def test_ray_job_killed_and_resumed(ray_cluster, big, model_dir, tmp_path):
     summary = run_batch(inp, out, target=str(model_dir), shard_size=5, engine="ray", num_actors=2, **COMMON)
     assert summary.skipped == 5 * len(written) and summary.ok + summary.failed == len(reference)
     _check_complete(out, reference)
+
+
+def test_parquet_folder_input_and_output_layouts(model_dir, tmp_path):
+    """OUT inside a Parquet input folder would be read back as input: refused. Spark's _temporary
+    parts and hidden files are not data (as pyarrow reads a dataset)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    logs = tmp_path / "logs"
+    (logs / "_temporary").mkdir(parents=True)
+    rows = [{**_good(i), "documents": [{"id": "a", "text": "Paris is in France."}]} for i in range(3)]
+    pq.write_table(pa.Table.from_pylist(rows), logs / "x.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[:1]), logs / "_temporary" / "part-0.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[:1]), logs / ".hidden.parquet")
+    assert plan_shards(logs, 10)[-1].stop == 3
+    with pytest.raises(BatchError, match="inside the input folder"):
+        run_batch(logs, logs / "attributed", target=str(model_dir), **COMMON)
+    assert not (logs / "attributed" / "_job.json").exists()
+    summary = run_batch(logs, tmp_path / "out", target=str(model_dir), **COMMON)
+    assert (summary.ok, summary.failed) == (3, 0)
+    assert [r["id"] for r in read_output(tmp_path / "out")] == ["r0", "r1", "r2"]
+
+
+def test_bad_document_shapes_are_error_rows_and_parquet_gaps_are_absent(model_dir, tmp_path):
+    """A string 'metadata' or a non-list 'sentences' is that record's InputError (not a crash that
+    stops the job); a None 'sentences' (Parquet fills missing struct fields with None) is absent."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bad = [{**_good(i), "documents": [{"id": "a", "text": "Paris is in France.", "metadata": "wiki"}]}
+           for i in range(11)]
+    bad.append({**_good(11), "documents": [{"id": "a", "sentences": "Paris is in France."}]})
+    inp = tmp_path / "bad.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in bad))
+    summary = run_batch(inp, tmp_path / "out", target=str(model_dir), **COMMON)  # 12 in a row: not a stopped job
+    errors = [r["error"] for r in read_output(tmp_path / "out")]
+    assert (summary.ok, summary.failed) == (0, 12)
+    assert all(e.startswith("InputError: source 0: 'metadata' is a str") for e in errors[:11])
+    assert errors[11].startswith("InputError: source 0: 'sentences' must be a list of strings")
+    mixed = [{**_good(0), "documents": [{"id": "a", "text": "Paris is in France."},
+                                        {"id": "b", "sentences": ["Berlin is in Germany.", " It is big."]}]}]
+    pq.write_table(pa.Table.from_pylist(mixed), tmp_path / "mixed.parquet")
+    summary = run_batch(tmp_path / "mixed.parquet", tmp_path / "out2", target=str(model_dir), **COMMON)
+    assert (summary.ok, summary.failed) == (1, 0)
+
+
+def test_stale_temp_files_and_shard_order(model_dir, tmp_path):
+    """A run killed while writing _summary.json leaves its temp file: the next run resumes anyway.
+    Shard files past part-999999 read back in number order."""
+    inp = _write_jsonl(tmp_path / "in.jsonl", 2, bad=False)
+    out = tmp_path / "out"
+    run_batch(inp, out, target=str(model_dir), **COMMON)
+    (out / "._summary.json.4242.tmp").write_text("{")
+    summary = run_batch(inp, out, target=str(model_dir), **COMMON)
+    assert summary.written == 0 and not (out / "._summary.json.4242.tmp").exists()
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for n in (999999, 1000000):
+        (parts / f"part-{n}.jsonl").write_text(json.dumps({"index": n}) + "\n")
+    assert [r["index"] for r in read_output(parts)] == [999999, 1000000]
+
+
+def test_torch_dtype_is_recorded_by_name(model_dir, tmp_path):
+    import torch
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps(_good(0)) + "\n")
+    common = {k: v for k, v in COMMON.items() if k != "dtype"}
+    summary = run_batch(inp, tmp_path / "out", target=str(model_dir), dtype=torch.float32, **common)
+    assert summary.ok == 1 and json.loads((tmp_path / "out" / "_job.json").read_text())["dtype"] == "float32"

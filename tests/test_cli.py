@@ -85,3 +85,12 @@ def test_models_list(capsys):
     assert main(["models", "list"]) == 0
     out = capsys.readouterr().out
     assert "smollm2-135m" in out and "qwen2.5-coder-1.5b" in out
+
+
+def test_docs_jsonl_keeps_unicode_line_separators_inside_strings(tmp_path):
+    """json.dumps(..., ensure_ascii=False) writes U+2028/U+2029/U+0085 raw; they are not line breaks in JSONL."""
+    p = tmp_path / "docs.jsonl"
+    texts = ["Line one.\u2028Line two.", "Para.\u2029Next.\x85End.", "Other doc."]
+    p.write_text("".join(json.dumps({"id": str(i), "text": t}, ensure_ascii=False) + "\r\n"
+                         for i, t in enumerate(texts)), encoding="utf-8")
+    assert [d.text for d in load_docs(p)] == texts
