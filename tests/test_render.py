@@ -183,3 +183,36 @@ def test_render_terminal_without_colours_skips_source_text(rendered_result):
     assert "Its white cast-iron tower" not in text  # not cited in the top 2, and no source text
     render_terminal(rendered_result, console=con, top_k=2, show_sources=True)
     assert "Its white cast-iron tower" in con.export_text()
+
+
+def test_terminal_control_characters_in_retrieved_text_are_neutralised(rendered_result):
+    """An ESC sequence inside a document, its id or the answer must not reach the terminal."""
+    import dataclasses
+    import io
+
+    r = rendered_result
+    src = r.sources[0]
+    bad = "\x1b]0;pwned\x07\x1b[31m"
+    r.sources[0] = dataclasses.replace(src, id=src.id + "\x1b[2J", text=bad + src.text[len(bad):])
+    r.answer = "\x1b[5m" + r.answer[4:]
+    buf = io.StringIO()
+    render_terminal(r, console=Console(file=buf, width=140, color_system="truecolor", force_terminal=True))
+    out = buf.getvalue()
+    assert "]0;pwned" not in out.replace("\ufffd]0;pwned", "") and "\x1b[2J" not in out and "\x1b[5m" not in out
+    assert "\x07" not in out and "\ufffd" in out
+
+
+def test_to_json_with_numpy_metadata_and_top_k(rendered_result):
+    import numpy as np
+    import pytest
+
+    from attribot_rag import ConfigError
+
+    r = rendered_result
+    r.sources[0].metadata.update(score=np.float32(0.5), page=np.int64(3), vec=np.arange(2))
+    data = json.loads(r.to_json(top_k=2))
+    assert len(data["citations"]) == 2
+    meta = next(c["metadata"] for c in data["citations"] if c["source_id"] == r.sources[0].id)
+    assert meta["score"] == 0.5 and meta["page"] == 3 and meta["vec"] == [0, 1]
+    with pytest.raises(ConfigError, match="top_k"):
+        r.citations(top_k=-1)
