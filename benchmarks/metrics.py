@@ -44,15 +44,26 @@ def rankdata(x: Sequence[float] | np.ndarray) -> np.ndarray:
 
 
 def pearson(pred: Sequence[float], gold: Sequence[float]) -> float:
-    """Pearson correlation; ``nan`` when either vector is constant or shorter than 2."""
+    """Pearson correlation; ``nan`` when gold is constant or shorter than 2 (undefined for every
+    method alike: the example is skipped and counted), ``0.0`` when only the prediction is constant.
+
+    A method that gives every sentence the same score (ContextCite's LASSO when it keeps no
+    sentence) ranks nothing: it scores as no correlation, never as a skipped example, which
+    would leave its failures out of its mean.
+    """
     p, g = _as_array(pred), _as_array(gold)
     if len(p) != len(g):
         raise ValueError(f"length mismatch: {len(p)} predicted vs {len(g)} gold scores")
     if len(p) < 2:
         return float("nan")
     p, g = p - p.mean(), g - g.mean()
-    denom = np.sqrt((p * p).sum() * (g * g).sum())
-    if denom == 0 or not np.isfinite(denom):
+    gg, pp = (g * g).sum(), (p * p).sum()
+    if gg == 0 or not np.isfinite(gg):
+        return float("nan")
+    if pp == 0:
+        return 0.0
+    denom = np.sqrt(pp * gg)
+    if not np.isfinite(denom):
         return float("nan")
     return float(np.clip((p * g).sum() / denom, -1.0, 1.0))
 

@@ -49,7 +49,7 @@ def load(target: str, proxy: str | None, results: Path = RESULTS) -> dict[str, d
 
 
 def _num(x: float | None, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
+    return "n/a" if x is None or x != x else f"{x:.{digits}f}"  # x != x: NaN
 
 
 def render(runs: dict[str, dict]) -> str:
@@ -99,8 +99,10 @@ def render(runs: dict[str, dict]) -> str:
 def _key_figures(r: dict, default: str) -> str:
     """The comparisons the README's prose leans on, computed from the run."""
     ms, d = r["methods"], r["methods"][default]
+    n = d["speedup_examples"]
+    timed = f"naive timed on {n} example{'s' if n != 1 else ''}; the ratio is taken on {'it' if n == 1 else 'them'}"
     out = [f"The default takes {d['attribution_over_generation']:.1f}x the target's generation time and is "
-           f"{d['speedup_vs_naive']:.1f}x faster than naive exact LOO (timed on {d['speedup_examples']} example)."]
+           f"{d['speedup_vs_naive']:.1f}x faster than naive exact LOO ({timed})."]
     cc = max((k for k in ms if ms[k]["kind"] == "contextcite"), key=lambda k: ms[k]["seconds"], default=None)
     if cc:
         c = ms[cc]

@@ -28,9 +28,18 @@ def test_pearson_and_spearman():
 
 
 def test_correlation_undefined_is_nan():
-    assert math.isnan(M.pearson([1, 1, 1], [1, 2, 3]))
-    assert math.isnan(M.spearman([0, 0, 0], [1, 2, 3]))
+    assert math.isnan(M.pearson([1, 2, 3], [1, 1, 1]))  # constant gold: undefined for every method
+    assert math.isnan(M.spearman([1, 2, 3], [0, 0, 0]))
     assert math.isnan(M.pearson([1.0], [2.0]))
+
+
+def test_constant_prediction_is_no_correlation_not_a_skip():
+    """An all-zero attribution (ContextCite keeping no sentence) must count as 0 in the mean, not
+    drop out of it: dropping its failures inflated its average."""
+    assert M.pearson([1, 1, 1], [1, 2, 3]) == 0.0
+    assert M.spearman([0, 0, 0], [1, 2, 3]) == 0.0
+    mean, used, skipped = M.mean_defined([M.pearson(p, [1, 2, 3]) for p in ([1, 2, 3], [0, 0, 0])])
+    assert (mean, used, skipped) == (0.5, 2, 0)
     with pytest.raises(ValueError):
         M.pearson([1, 2], [1, 2, 3])
 
