@@ -65,14 +65,15 @@ def random_model(shape: str, tokenizer, device: str, dtype: torch.dtype, seed: i
 
 
 def load_tokenizer(name_or_path: str):
-    """A tokenizer folder as it is (e.g. carried to a GPU machine), else a model name's tokenizer."""
-    if Path(name_or_path).is_dir():
-        from transformers import AutoTokenizer
+    """A tokenizer folder as it is (e.g. carried to a GPU machine), an embedded model's tokenizer
+    (from its converted folder: no weights loaded once converted), else a Hub id's tokenizer."""
+    from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(name_or_path)
-    from attribot_rag.models import load_model
+    from attribot_rag.models import REGISTRY, convert_gguf, pull
 
-    return load_model(name_or_path, device="cpu").tokenizer  # the small model itself is dropped
+    if name_or_path in REGISTRY and not Path(name_or_path).is_dir():
+        return AutoTokenizer.from_pretrained(convert_gguf(pull(name_or_path), REGISTRY[name_or_path].sha256))
+    return AutoTokenizer.from_pretrained(name_or_path)
 
 
 def _sync(device: str) -> None:

@@ -40,3 +40,17 @@ def test_tiny_run_writes_results(tmp_path):
     assert summary["mean_prompt_tokens"] > 100 and summary["docs"] == 2
     table = (tmp_path / "gpu_speed_tiny_proxy_tiny_fp32.md").read_text()
     assert "| default (auto = hierarchical, top-3 docs) |" in table
+
+
+def test_tokenizer_of_an_embedded_model_loads_no_weights(monkeypatch, tmp_path):
+    """Only the tokenizer is needed for the random-weight models: the embedded model's weights are not loaded."""
+    from attribot_rag import models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("load_model was called"))
+    folder = tmp_path / "tok"
+    tiny_tokenizer().save_pretrained(folder)
+    monkeypatch.setattr(models, "pull", lambda name: tmp_path / "x.gguf")
+    monkeypatch.setattr(models, "convert_gguf", lambda gguf, sha256=None: folder)
+    tok = gpu_speed.load_tokenizer("smollm2-135m")
+    assert len(tok) == len(tiny_tokenizer())
+    assert len(gpu_speed.load_tokenizer(str(folder))) == len(tok)
