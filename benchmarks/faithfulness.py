@@ -632,7 +632,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
             })
 
     summary = summarize(args, runner, dataset, examples, per_example, rows)
-    summary["command"] = " ".join(["python -m benchmarks.faithfulness", *(argv if argv is not None else sys.argv[1:])])
+    # The command that computes these records (a --complete-only render of them reproduces nothing by itself).
+    given = list(argv if argv is not None else sys.argv[1:])
+    summary["command"] = " ".join(["python -m benchmarks.faithfulness", *(a for a in given if a != "--complete-only")])
+    summary["rendered_complete_only"] = args.complete_only
     summary["run_seconds"] = time.perf_counter() - run_started
     (out / f"{stem}.json").write_text(json.dumps(summary, indent=1, default=_json_default))
     md = render_markdown(summary)
