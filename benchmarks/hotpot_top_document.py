@@ -35,20 +35,20 @@ def main(argv=None) -> None:
     for ex in hotpot_examples(args.data, args.n, args.offset):
         res = attributor.attribute(ex["question"], ex["sources"], max_new_tokens=args.max_new_tokens)
         ranked = sorted(range(len(res.sources)), key=lambda d: -res.document_scores[d].score)
-        top = res.sources[ranked[0]].id
-        hit = top in ex["gold_titles"]
+        top = ranked[0]  # paragraph index: titles are data and stay in ../shared/data
+        hit = top in ex["gold_documents"]
         hits += hit
-        chance += len(ex["gold_titles"]) / len(res.sources)
+        chance += len(ex["gold_documents"]) / len(res.sources)
         sentence_chance += len(ex["gold_sentences"]) / sum(len(s.sentences) for s in res.sources)
         top_cite = res.citations(top_k=1)
         rows.append({
             "id": ex["id"], "answer": res.answer,  # ids only: the data stays in ../shared/data
-            "top_document": top, "gold_documents": sorted(ex["gold_titles"]), "hit": hit,
+            "top_document": top, "gold_documents": sorted(ex["gold_documents"]), "hit": hit,
             "top_sentence_is_gold": bool(top_cite)
             and (top_cite[0].source_index, top_cite[0].sentence_index) in ex["gold_sentences"],
             "timing": res.timing,
         })
-        print(f"{len(rows):>3} hit={hit!s:<5} top={top!r} gold={sorted(ex['gold_titles'])} "
+        print(f"{len(rows):>3} hit={hit!s:<5} top={top} gold={sorted(ex['gold_documents'])} "
               f"({res.timing['total_seconds']:.1f}s)", flush=True)
     n = len(rows)
     summary = {

@@ -76,7 +76,8 @@ def hotpot_rows(path: str | Path = DEFAULT_DATA, n: int | None = None, offset: i
                 for title, sents in zip(r["context"]["title"], r["context"]["sentences"])
             ]
             rows.append({"id": r["id"], "question": r["question"], "answer": r["answer"], "type": r["type"],
-                         "documents": docs, "gold": sorted(set(r["supporting_facts"]["title"]))})
+                         "documents": docs, "gold": sorted(set(r["supporting_facts"]["title"])),
+                         "titles": list(r["context"]["title"])})
     return rows
 
 
@@ -100,18 +101,24 @@ def build_chain(
 
 
 def score_row(row: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
-    """Whether the first citation names a gold document, and the chance of that."""
+    """Whether the first citation names a gold document, and the chance of that.
+
+    Documents are recorded by paragraph index: their titles are data and stay in ../shared/data.
+    """
+    index = {title: i for i, title in enumerate(row["titles"])}
     retrieved = [d.id for d in out["context"]]
     gold = set(row["gold"])
     first = out["citations"][0] if out["citations"] else None
     return {
         "id": row["id"], "type": row["type"],  # ids only: the data stays in ../shared/data
-        "answer": out["answer"], "retrieved": retrieved, "gold": row["gold"],
-        "first_citation": None if first is None else {k: first[k] for k in ("document_id", "sentence_index", "score")},
+        "answer": out["answer"], "retrieved": [index[t] for t in retrieved], "gold": sorted(index[t] for t in gold),
+        "first_citation": None if first is None else {
+            "document": index[first["document_id"]], "sentence_index": first["sentence_index"], "score": first["score"],
+        },
         "hit": first is not None and first["document_id"] in gold,
         "chance": len(gold & set(retrieved)) / len(retrieved),
         "gold_retrieved": len(gold & set(retrieved)),
-        "used_context": [d.id for d in out["used_context"]],
+        "used_context": [index[d.id] for d in out["used_context"]],
     }
 
 
@@ -141,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rec = {**score_row(row, out), "seconds": time.perf_counter() - t}
         rows.append(rec)
         print(f"{len(rows):>3} hit={rec['hit']!s:<5} chance={rec['chance']:.2f} "
-              f"first={(rec['first_citation'] or {}).get('document_id')!r} gold={rec['gold']} "
+              f"first={(rec['first_citation'] or {}).get('document')} gold={rec['gold']} "
               f"({rec['seconds']:.1f}s)", flush=True)
     n = len(rows)
     summary = {

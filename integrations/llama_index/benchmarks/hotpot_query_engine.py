@@ -95,13 +95,14 @@ def run_example(row: dict[str, Any], embed: Any, llm: Any, postprocessor: Any, t
                     break
                 pos += len(piece)
             top_sentence_gold = (title, k) in gold_sentences
+    index = {title: i for i, title in enumerate(titles)}  # paragraph indices: titles are data, kept out of results
     return {
         "id": row["id"],
         "answer": response.response,
         "answer_contains_gold": row["answer"].lower() in (response.response or "").lower(),
-        "gold_documents": sorted(gold),
-        "retrieved": retrieved,
-        "reranked": ranked,
+        "gold_documents": sorted(index[t] for t in gold),
+        "retrieved": [index[t] for t in retrieved],
+        "reranked": [index[t] for t in ranked],
         "attribution_scores": [round(n.score, 4) for n in response.source_nodes],
         "top_reranked_is_gold": ranked[0] in gold,
         "top_retrieved_is_gold": retrieved[0] in gold,
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows.append(result)
         print(
             f"{len(rows):>3} top_is_gold={result['top_reranked_is_gold']!s:<5} retrieval_top_is_gold="
-            f"{result['top_retrieved_is_gold']!s:<5} top={result['reranked'][0]!r} gold={result['gold_documents']} "
+            f"{result['top_retrieved_is_gold']!s:<5} top={result['reranked'][0]} gold={result['gold_documents']} "
             f"({result['query_seconds']:.1f}s)",
             flush=True,
         )

@@ -83,3 +83,19 @@ def test_real_chain_streams_tokens_then_citations(hotpot_chain, hotpot_rows, emb
     assert handler.get(run_id)["citations"] == out["citations"]
     assert handler.get(run_id)["question"] == row["question"]
     assert hit, f"first citation {out['citations'][0]['document_id']!r} is not gold {row['gold']}"
+
+
+def test_benchmark_rows_record_paragraph_indices_not_titles(hotpot_chain, hotpot_rows):
+    """The committed benchmark JSON holds paragraph indices: HotpotQA titles stay in ../shared/data."""
+    row = hotpot_rows[0]
+    docs = row["documents"]
+    gold_doc = next(d for d in docs if d.id in row["gold"])
+    other = next(d for d in docs if d.id not in row["gold"])
+    out = {"answer": "x", "context": [other, gold_doc], "used_context": [gold_doc],
+           "citations": [{"document_id": gold_doc.id, "sentence_index": 0, "score": 1.5}]}
+    rec = hotpot_chain.score_row(row, out)
+    position = {d.id: i for i, d in enumerate(docs)}
+    assert rec["retrieved"] == [position[other.id], position[gold_doc.id]]
+    assert rec["gold"] == sorted(position[t] for t in row["gold"])
+    assert rec["first_citation"] == {"document": position[gold_doc.id], "sentence_index": 0, "score": 1.5}
+    assert rec["used_context"] == [position[gold_doc.id]] and rec["hit"] and rec["chance"] == 0.5
