@@ -12,6 +12,7 @@ from .errors import ConfigError
 from .spans import Sentence, Source
 
 NOT_SCORED = "not scored"  # a span the strategy skipped (pruned / in a dropped document): score 0
+_HTML_VIEWS: dict[str, int] = {}  # root element id -> times shown inline (`_repr_html_`) in this process
 
 
 @dataclass
@@ -221,4 +222,10 @@ class AttributionResult:
         return save_html(self, path, **kwargs)
 
     def _repr_html_(self) -> str:  # Jupyter shows the HTML view inline
-        return self.to_html()
+        # A notebook may show this (or an identical) result twice. Each view needs its own root id, or the
+        # second view's script finds the first view's element and the second picker does nothing.
+        from .render import _element_id
+
+        base = _element_id(self)
+        n = _HTML_VIEWS[base] = _HTML_VIEWS.get(base, 0) + 1
+        return self.to_html(element_id=base if n == 1 else f"{base}-{n}")

@@ -118,8 +118,7 @@ def test_highlight_follows_scores(rendered_result):
 
 def test_repr_html_save_html_and_stable_ids(rendered_result, tmp_path):
     r = rendered_result
-    assert r._repr_html_() == r.to_html() == to_html(r)
-    assert r.to_html() == r.to_html()  # deterministic
+    assert r.to_html() == to_html(r) == to_html(r)  # deterministic
     path = r.save_html(tmp_path / "sub" / "view.html")
     page = path.read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in page
@@ -128,6 +127,14 @@ def test_repr_html_save_html_and_stable_ids(rendered_result, tmp_path):
         not u for u in r.used_mask())
     with pytest.raises(ValueError, match="element_id"):
         to_html(r, element_id="x'); alert(1); ('")
+
+
+def test_inline_views_of_one_result_get_distinct_ids(rendered_result):
+    """Shown twice in a notebook, each view has its own root id, so each picker's script finds its own view."""
+    first, second = rendered_result._repr_html_(), rendered_result._repr_html_()
+    ids = [_by_class(_parse(h), "ab-root")[0]["id"] for h in (first, second)]
+    assert ids[0] != ids[1] and ids[0].startswith(ids[1].rsplit("-", 1)[0])
+    assert f"document.getElementById('{ids[1]}')" in second and f'href="#{ids[1]}-src-' in second
 
 
 def test_single_sentence_answer_has_no_picker(tiny, sources):

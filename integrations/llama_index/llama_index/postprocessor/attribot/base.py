@@ -256,21 +256,15 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
         """:meth:`attribute_nodes` for wrapper engines: a turn with no source nodes or no answer
         (the engine answered without retrieval) is returned skipped, with a warning, not raised.
         The plain engine answered it; attribution must not turn that answer into an error."""
-        reason = _skip_reason(nodes, answer)
-        if reason is not None:
-            logger.warning("attribot: answer left unattributed: %s", reason)
-            return AttributedNodes.skipped(nodes or [], query_str, answer, reason)
-        return self.attribute_nodes(nodes, query_str, answer, history)
+        skipped = _skipped_turn(nodes, query_str, answer)
+        return skipped if skipped is not None else self.attribute_nodes(nodes, query_str, answer, history)
 
     async def aattribute_turn(
         self, nodes: Sequence[NodeWithScore], query_str: str, answer: str | None, history: Sequence[Any] | None = None
     ) -> AttributedNodes:
         """Async :meth:`attribute_turn`."""
-        reason = _skip_reason(nodes, answer)
-        if reason is not None:
-            logger.warning("attribot: answer left unattributed: %s", reason)
-            return AttributedNodes.skipped(nodes or [], query_str, answer, reason)
-        return await self.aattribute_nodes(nodes, query_str, answer, history)
+        skipped = _skipped_turn(nodes, query_str, answer)
+        return skipped if skipped is not None else await self.aattribute_nodes(nodes, query_str, answer, history)
 
     # ------------------------------------------------------------------ internals
     @staticmethod
@@ -387,12 +381,16 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
         return AttributedNodes(nodes=out, result=result, metadata=metadata)
 
 
-def _skip_reason(nodes: Sequence[NodeWithScore] | None, answer: Any) -> str | None:
+def _skipped_turn(nodes: Sequence[NodeWithScore] | None, question: str, answer: Any) -> AttributedNodes | None:
+    """The turn returned unattributed (with a warning) when it has no source nodes or no answer text, else None."""
     if not nodes:
-        return "no source nodes (the retriever returned nothing, or the engine answered without retrieval)"
-    if not isinstance(answer, str) or not answer.strip():
-        return "the engine returned no answer text"
-    return None
+        reason = "no source nodes (the retriever returned nothing, or the engine answered without retrieval)"
+    elif not isinstance(answer, str) or not answer.strip():
+        reason = "the engine returned no answer text"
+    else:
+        return None
+    logger.warning("attribot: answer left unattributed: %s", reason)
+    return AttributedNodes.skipped(nodes or [], question, answer, reason)
 
 
 def _retrieval_score(nws: NodeWithScore) -> float | None:
