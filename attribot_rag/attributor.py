@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .engine import MODES as ENGINE_MODES
 from .engine import Cost, LikelihoodEngine
 from .errors import (
     ConfigError,
@@ -61,12 +62,17 @@ class Strategy:
     def __post_init__(self) -> None:
         if self.level not in ("sentence", "hierarchical", "document"):
             raise ConfigError(f"unknown level {self.level!r}: use 'sentence', 'hierarchical' or 'document'")
-        if self.keep_top_k is not None and self.keep_top_k < 1:
-            raise ConfigError("keep_top_k must be >= 1 (or None)")
-        if self.keep_share is not None and not 0 < self.keep_share <= 1:
-            raise ConfigError("keep_share must be in (0, 1] (or None)")
-        if self.prune_top_k is not None and self.prune_top_k < 1:
-            raise ConfigError("prune_top_k must be >= 1 (or None)")
+        for key in ("keep_top_k", "prune_top_k"):
+            k = getattr(self, key)
+            if k is not None and (not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1):
+                raise ConfigError(f"{key} must be an int >= 1 (or None), got {k!r}")
+        if self.keep_share is not None and (
+            not isinstance(self.keep_share, numbers.Real) or isinstance(self.keep_share, bool)
+            or not 0 < self.keep_share <= 1
+        ):
+            raise ConfigError(f"keep_share must be a number in (0, 1] (or None), got {self.keep_share!r}")
+        if self.engine_mode not in ENGINE_MODES:
+            raise ConfigError(f"unknown engine_mode {self.engine_mode!r}: use one of {', '.join(ENGINE_MODES)}")
 
     @property
     def uses_proxy(self) -> bool:
@@ -104,6 +110,22 @@ def resolve_strategy(strategy: str | Strategy, has_proxy: bool) -> Strategy:
     if s.uses_proxy and not has_proxy:
         raise ConfigError(f"strategy {s.name!r} needs a proxy model: pass proxy=... to the Attributor")
     return s
+
+
+def check_proxy_used(strategy: str | Strategy, proxy: object | None) -> None:
+    """For one-strategy runs (the CLI, batch jobs): refuse a proxy the strategy would load and never use.
+
+    An :class:`Attributor` may hold an unused proxy (``attribute(strategy=...)`` can switch per call);
+    a run with one fixed strategy would only pay its load time and memory.
+    """
+    if proxy is None:
+        return
+    s = resolve_strategy(strategy, has_proxy=True)
+    if not s.uses_proxy:
+        raise ConfigError(
+            f"strategy {s.name!r} does not use the proxy {proxy!r} ('auto' is 'hierarchical' on the target): "
+            "drop the proxy, or choose a proxy strategy ('proxy-prune', 'proxy-hierarchical' or 'proxy')"
+        )
 
 
 @dataclass
@@ -307,6 +329,13 @@ class Attributor:
         if scorer is None:
             raise ConfigError("this attributor has no proxy model: pass proxy=... or use role='target'")
         srcs = self._prepare(sources)
+        if ablate is not None:
+            d, j = ablate
+            if not (isinstance(d, int) and 0 <= d < len(srcs)) or not (
+                j is None or isinstance(j, int) and 0 <= j < len(srcs[d].sentences)
+            ):
+                raise InputError(f"ablate={ablate!r} names no span: use (document, sentence or None) with "
+                                 f"0 <= document < {len(srcs)} and 0 <= sentence < that document's sentence count")
         prompt = scorer.builder.encode_prompt(question, srcs, ablate, as_history(history))
         answer_ids = scorer.builder.encode_answer(answer, strict=scorer.strict).ids
         return Encoded(prompt_ids=list(prompt), answer_ids=list(answer_ids))

@@ -695,8 +695,9 @@ def run_batch(
             raise ConfigError("the local Ray instance needs num_cpus >= 1 (--ray-cpus)")
         if num_actors is not None and num_actors < 1:
             raise ConfigError("num_actors must be >= 1 (or None: one per GPU, or per cpus_per_actor CPUs)")
-    from .attributor import OVERFLOW_POLICIES, Strategy
+    from .attributor import OVERFLOW_POLICIES, Strategy, check_proxy_used
 
+    check_proxy_used(strategy, proxy)
     if overflow not in OVERFLOW_POLICIES:
         raise ConfigError(f"unknown overflow policy {overflow!r}: use one of {', '.join(OVERFLOW_POLICIES)}")
     in_path, out_dir = Path(input_path).resolve(), Path(output_dir)

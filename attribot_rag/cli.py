@@ -49,11 +49,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cite(args) -> int:
-    from .attributor import Attributor
+    from .attributor import Attributor, check_proxy_used
     from .render import render_terminal, save_html
 
     if args.top_k < 1:
         raise AttribotError("--top-k must be >= 1")
+    check_proxy_used(args.strategy, args.proxy)  # before any model loads
     docs_path = args.docs or EXAMPLE_DOCS
     question = args.question or (EXAMPLE_QUESTION if args.docs is None else None)
     if not question:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import AttribotError, ConfigError
+from .errors import AttribotError, ConfigError, InputError
 
 MODES = ("exact", "serial", "batched")
 
@@ -174,6 +174,9 @@ class LikelihoodEngine:
             raise ConfigError(f"unknown engine mode {mode!r}: choose one of {', '.join(MODES)}")
         cost = cost if cost is not None else Cost()
         answer = list(answer)
+        _check_nonempty(prompt, answer)
+        if any(len(v) == 0 for v in variants):
+            raise InputError("a variant prompt is empty: the answer's first token needs a token before it")
         n = len(answer)
         full = list(prompt) + answer
         ablated = torch.empty(len(variants), n, dtype=torch.float32)
@@ -202,22 +205,25 @@ class LikelihoodEngine:
         try:
             return self._run_batch(batch, cache, full, answer, cost)
         except torch.OutOfMemoryError as exc:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
             if len(batch) == 1:
                 raise OutOfMemory(
                     f"out of memory scoring one ablation of a {len(batch[0].ids)}-token sequence: use shorter or "
                     "fewer sources, a smaller model, or a device with more memory"
                 ) from exc
-            mid = len(batch) // 2
-            return (self._run_halving(batch[:mid], cache, full, answer, cost)
-                    + self._run_halving(batch[mid:], cache, full, answer, cost))
+        # Retry outside the except block: the live exception's traceback holds the failed pass's
+        # frames and their tensors, which empty_cache() could not free.
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        mid = len(batch) // 2
+        return (self._run_halving(batch[:mid], cache, full, answer, cost)
+                + self._run_halving(batch[mid:], cache, full, answer, cost))
 
     @torch.inference_mode()
     def prefill(self, prompt: Sequence[int], answer: Sequence[int], *, cost: Cost | None = None) -> Prefill:
         """Run the full prompt + answer once; the result can be passed to :meth:`answer_logprobs`."""
         from transformers import DynamicCache
 
+        _check_nonempty(prompt, answer)
         full = list(prompt) + list(answer)
         n = len(answer)
         cache = DynamicCache(config=self.model.config)
@@ -291,3 +297,9 @@ class LikelihoodEngine:
             start = len(s) - n - 1 - (width - keep)
             results.append(self._gather(logits[b, start : start + n], answer))
         return results
+
+
+def _check_nonempty(prompt: Sequence[int], answer: Sequence[int]) -> None:
+    """The answer's first token is predicted from the prompt's last: both must have tokens."""
+    if len(prompt) == 0 or len(answer) == 0:
+        raise InputError(f"empty {'prompt' if len(prompt) == 0 else 'answer'} token ids: there is nothing to score")

@@ -42,9 +42,13 @@ def as_history(history) -> History:
         elif isinstance(msg, (tuple, list)) and len(msg) == 2:
             role, content = msg
         else:
-            role = getattr(msg, "role", None)  # chat message objects (LangChain, LlamaIndex) by duck typing
+            # chat message objects by duck typing: LlamaIndex's have .role, LangChain's .type ("human"/"ai")
+            role = getattr(msg, "role", None) or getattr(msg, "type", None)
             content = getattr(msg, "content", None)
             role = getattr(role, "value", role)
+            if not isinstance(content, str):  # LangChain content blocks: .text joins their text
+                text = getattr(msg, "text", None)
+                content = str(text) if isinstance(text, str) else text() if callable(text) else text
         role = {"human": "user", "ai": "assistant"}.get(role, role)
         if role not in _ROLES:
             raise InputError(f"history[{i}] has role {role!r}: use 'user' or 'assistant' (put system text "

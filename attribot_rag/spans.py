@@ -57,7 +57,7 @@ class Source:
     """A retrieved document: an id, its text and free-form metadata.
 
     ``sentences`` is filled by :func:`split_source` (or given pre-split via
-    :meth:`from_sentences`); the attributor fills it on demand when empty.
+    :meth:`from_sentences`); when it is empty the attributor splits a copy (this object is not changed).
     """
 
     id: str
@@ -69,10 +69,12 @@ class Source:
     def from_sentences(
         cls, id: str, sentences: Sequence[str], metadata: Mapping[str, Any] | None = None
     ) -> Source:
-        """Build a source from pre-split sentences (e.g. HotpotQA), kept exactly as given.
+        """Build a source from pre-split sentences (e.g. HotpotQA).
 
         The text is their concatenation, so include separating whitespace in the pieces
-        (HotpotQA's sentences carry their leading spaces).
+        (HotpotQA's sentences carry their leading spaces). Each sentence's boundaries are kept as
+        given, except that empty and whitespace-only pieces are merged into their neighbours: they
+        get no index, so later sentences' indices shift down by one for each.
         """
         for i, piece in enumerate(sentences):
             if not isinstance(piece, str):
@@ -126,16 +128,23 @@ def _tile(text: str, segments: Iterable[tuple[int, int]]) -> list[Sentence]:
     return sentences
 
 
+_WORD_WINDOW = 64  # longer than any abbreviation or realistic dotted acronym
+_WORD_BEFORE = re.compile(r"([\w.]+)$")
+_DIGIT_AFTER = re.compile(r"\s*\d")
+
+
 def _is_abbreviation(text: str, dot: int) -> bool:
     """Whether the period at ``text[dot]`` closes an abbreviation or an initial."""
     if text[dot] != ".":
         return False
-    m = re.search(r"([\w.]+)$", text[:dot])
+    # Only the word before the dot matters: look at a short window, not the whole text before it
+    # (slicing and scanning text[:dot] at every boundary made splitting quadratic in the text length).
+    m = _WORD_BEFORE.search(text, max(0, dot - _WORD_WINDOW), dot)
     if not m:
         return False
     word = m.group(1).lower()
     if word in ("no", "nos"):  # "No. 5" abbreviates; "the answer is no. Then ..." ends a sentence
-        return bool(re.match(r"\s*\d", text[dot + 1:]))
+        return bool(_DIGIT_AFTER.match(text, dot + 1))
     if word in _ABBREVIATIONS:
         return True
     # Single letters ("J. K. Rowling") and dotted acronyms ("U.S.A").
@@ -253,6 +262,9 @@ def as_sources(items: Iterable[SourceLike]) -> list[Source]:
     for i, item in enumerate(items):
         if isinstance(item, Source):
             src = item
+            if not isinstance(src.text, str) or not isinstance(src.id, str):
+                raise InputError(f"source {i}: a Source needs a str id and str text, got id "
+                                 f"{type(src.id).__name__} and text {type(src.text).__name__}")
         elif isinstance(item, str):
             src = Source(id=str(i), text=item)
         elif isinstance(item, Mapping):
@@ -267,7 +279,11 @@ def as_sources(items: Iterable[SourceLike]) -> list[Source]:
                                      "'text')")
             meta = {k: v for k, v in item.items() if k not in ("id", "text", "sentences", "metadata")}
             meta.update(extra or {})
-            sid = str(item.get("id", i))
+            sid = str(i) if item.get("id") is None else str(item["id"])  # None = absent, as above
+            text = item.get("text")
+            if sentences is not None and text is not None and text != "".join(sentences):
+                raise InputError(f"source {i}: its 'sentences' do not join to its 'text'; give one of them, or "
+                                 "sentences whose concatenation is the text (include separating whitespace)")
             if sentences is not None:
                 src = Source.from_sentences(sid, sentences, meta)
             elif isinstance(item.get("text"), str):

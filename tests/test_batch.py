@@ -185,6 +185,9 @@ def test_bad_arguments(small, model_dir, tmp_path, tiny):
             run_batch(inp, tmp_path / "o3", **kw, engine="ray", **bad)
     with pytest.raises(ConfigError, match="threads"):
         run_batch(inp, tmp_path / "o3", **{**kw, "threads": 0})
+    # a proxy the job's one strategy never uses is refused before any model loads
+    with pytest.raises(ConfigError, match="does not use the proxy"):
+        run_batch(inp, tmp_path / "o3", **{**kw, "strategy": "auto"}, proxy="no-such-model")
     (tmp_path / "busy").mkdir()
     with _Lock(tmp_path / "busy"), pytest.raises(BatchError, match="another attribot-rag batch job"):
         run_batch(inp, tmp_path / "busy", **kw)

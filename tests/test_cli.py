@@ -79,6 +79,10 @@ def test_cli_errors_are_clean(capsys, model_dir, docs_file, tmp_path):
     assert code == 2 and "answer is empty" in out.err
     assert main(["cite", "Q?", "--docs", str(docs_file), "--target", "not-a-model"]) == 2
     assert "unknown model" in capsys.readouterr().err
+    # --proxy with a strategy that ignores it fails before loading anything (the proxy name is not even resolved)
+    assert main(["cite", "Q?", "--docs", str(docs_file), "--target", "not-a-model", "--proxy", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "does not use the proxy 'nope'" in err and "proxy-prune" in err
 
 
 def test_models_list(capsys):

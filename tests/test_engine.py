@@ -103,6 +103,27 @@ def test_prefill_is_reused(tiny, tok, sources):
     assert cost.forward_passes == 2 and torch.equal(full, pre.logprobs)
 
 
+def test_out_of_memory_retries_after_the_failed_pass_is_freed(tiny, tok, sources):
+    """The halves run after the except block: the failed pass's tensors (held by the traceback) are gone."""
+    import weakref
+
+    prompt, variants, answer = _inputs(tok, sources)
+    engine = LikelihoodEngine(tiny.model, max_batch_size=8)
+    real, refs, alive_at_retry = engine._run_batch, [], []
+
+    def flaky(batch, *args):
+        alive_at_retry.append([r() is not None for r in refs])
+        if len(batch) > 1:
+            activations = torch.zeros(64, 64)  # stands for the failed pass's activations and KV copy
+            refs.append(weakref.ref(activations))
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(batch, *args)
+
+    engine._run_batch = flaky
+    engine.answer_logprobs(prompt, variants, answer)
+    assert refs and not any(any(a) for a in alive_at_retry)
+
+
 def test_out_of_memory_halves_the_batch_then_fails_clearly(tiny, tok, sources):
     from attribot_rag.engine import OutOfMemory
 

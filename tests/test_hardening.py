@@ -120,3 +120,52 @@ def test_empty_and_whitespace_documents(tiny):
     res = Attributor(tiny, strategy="hierarchical").attribute(Q, ["", "   ", "Gustave Eiffel built it."], A)
     assert res.sentence_scores[0] == [] and res.sentence_scores[1] == []
     assert len(res.document_scores) == 3
+
+
+def test_bad_source_objects_and_dicts_are_input_errors():
+    from attribot_rag import InputError
+    from attribot_rag.spans import as_sources
+
+    for bad in (Source("a", None), Source("a", 5), Source(1, "text")):
+        with pytest.raises(InputError, match="str id and str text"):
+            as_sources([bad])
+    # a None id is absent (Parquet fills gaps with None), as for metadata and sentences
+    assert [s.id for s in as_sources([{"id": None, "text": "a"}, {"id": None, "text": "b"}])] == ["0", "1"]
+    with pytest.raises(InputError, match="do not join to its 'text'"):
+        as_sources([{"text": "Real text. More.", "sentences": ["Other."]}])
+    ok = as_sources([{"text": "One. Two.", "sentences": ["One.", " Two."]}])[0]
+    assert ok.text == "One. Two." and [s.text for s in ok.sentences] == ["One.", "Two."]
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"keep_top_k": 2.5}, "keep_top_k must be an int"), ({"keep_top_k": True}, "keep_top_k must be an int"),
+    ({"prune_top_k": 2.5}, "prune_top_k must be an int"), ({"keep_share": "0.5"}, "keep_share must be a number"),
+    ({"engine_mode": "fast"}, "unknown engine_mode"),
+])
+def test_strategy_rejects_bad_settings(kw, match):
+    from attribot_rag import Strategy
+
+    with pytest.raises(ConfigError, match=match):
+        Strategy(**kw)
+
+
+def test_encode_checks_the_ablated_span(tiny):
+    from attribot_rag import InputError
+
+    att = Attributor(tiny, strategy="batched")
+    docs = _docs()
+    assert att.encode(Q, docs, A, ablate=(2, None)).prompt_ids != att.encode(Q, docs, A).prompt_ids
+    for bad in ((3, None), (-1, None), (0, 99), (0, -1)):
+        with pytest.raises(InputError, match="names no span"):
+            att.encode(Q, docs, A, ablate=bad)
+
+
+def test_engine_rejects_empty_token_ids(tiny):
+    from attribot_rag import InputError, LikelihoodEngine
+
+    engine = LikelihoodEngine(tiny.model)
+    for prompt, variants, answer in (([], [[9, 10]], [5, 6]), ([9, 10], [[]], [5, 6]), ([9, 10], [[9]], [])):
+        with pytest.raises(InputError, match="empty"):
+            engine.answer_logprobs(prompt, variants, answer)
+    with pytest.raises(InputError, match="empty answer"):
+        engine.prefill([9, 10], [])

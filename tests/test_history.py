@@ -90,3 +90,18 @@ def test_history_changes_scores_and_cached_equals_exact(tiny, sources):
     assert flat != pytest.approx([s.score for r in without.sentence_scores for s in r], abs=1e-4)
     longer, plain = att.encode(Q, sources, A, history=HISTORY).prompt_ids, att.encode(Q, sources, A).prompt_ids
     assert len(longer) > len(plain) and longer[-len(plain) + 3:] == plain[3:]  # same sources' turn, after the history
+
+
+def test_chat_message_objects_by_duck_typing():
+    """LangChain messages carry .type ('human'/'ai'), LlamaIndex's .role; list content is read via .text."""
+    from types import SimpleNamespace
+
+    want = (("user", "Tell me about Paris."), ("assistant", "Paris is the capital of France."))
+    langchain_like = [SimpleNamespace(type="human", content="Tell me about Paris."),
+                      SimpleNamespace(type="ai", content=[{"type": "text", "text": "x"}],
+                                      text="Paris is the capital of France.")]
+    assert as_history(langchain_like) == want
+    messages = pytest.importorskip("langchain_core.messages")
+    real = [messages.HumanMessage("Tell me about Paris."),
+            messages.AIMessage([{"type": "text", "text": "Paris is the capital of France."}])]
+    assert as_history(real) == want
