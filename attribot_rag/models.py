@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,13 +140,38 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _verify(path: Path, expected: str) -> None:
+_STAMP_MARGIN_NS = 2_000_000_000  # file timestamps are coarse: trust a stamp only for files older than this
+
+
+def _verify(path: Path, expected: str, *, remember: bool = True) -> None:
+    """Check ``path`` against its sha256; raise :class:`ModelError` on a mismatch.
+
+    Hashing a converted 1.5B model reads ~8 GB, so a verified file gets a stamp (its size,
+    mtime and inode) and is not re-hashed while those are unchanged. As git does for its index,
+    the stamp is trusted only for a file last modified well before it was verified, so a rewrite
+    within the same timestamp tick is still caught. ``remember=False``: no stamp (a temp file).
+    """
+    st = path.stat()
+    key = [st.st_size, st.st_mtime_ns, st.st_ino, expected]
+    stamp = path.with_name(f".{path.name}.verified")
+    try:
+        saved = json.loads(stamp.read_text())
+        if saved["key"] == key and st.st_mtime_ns < saved["at_ns"] - _STAMP_MARGIN_NS:
+            return
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no stamp, or a damaged one: hash
     actual = sha256_file(path)
     if actual != expected:
         raise ModelError(
             f"integrity check failed for {path}: sha256 {actual} is not the pinned {expected}. "
             "The file was corrupted or tampered with: delete it (and the attribot-rag cache entry) and pull again."
         )
+    if not remember:
+        return
+    with contextlib.suppress(OSError):  # a read-only cache is hashed on every load instead
+        tmp = stamp.with_name(f"{stamp.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"key": key, "at_ns": time.time_ns()}))
+        os.replace(tmp, stamp)
 
 
 def pull(name: str, *, quiet: bool = True) -> Path:
@@ -198,7 +224,7 @@ def _pull_locked(spec: EmbeddedModel, assembled: Path, quiet: bool) -> Path:
             for part in files:
                 with open(part, "rb") as src:
                     shutil.copyfileobj(src, out, 16 << 20)
-        _verify(tmp, spec.sha256)
+        _verify(tmp, spec.sha256, remember=False)  # renamed below: a stamp would name the temp file
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         if isinstance(exc, ModelError):

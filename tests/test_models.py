@@ -48,6 +48,31 @@ def test_tampered_file_is_refused(fake_model):
         M.pull("fake")
 
 
+def test_verified_files_are_not_rehashed_until_they_change(tmp_path, monkeypatch):
+    """A stamp skips re-hashing an unchanged old file; a fresh or rewritten file is always hashed."""
+    import os
+
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"weights")
+    digest = hashlib.sha256(b"weights").hexdigest()
+    hashed = []
+    real = M.sha256_file
+    monkeypatch.setattr(M, "sha256_file", lambda p: hashed.append(p) or real(p))
+    M._verify(path, digest)
+    M._verify(path, digest)
+    assert len(hashed) == 2  # just written: its timestamp is too close to the verification to trust
+    old = path.stat().st_mtime_ns - 10**10
+    os.utime(path, ns=(old, old))  # a file last changed 10 s before it is verified
+    M._verify(path, digest)
+    M._verify(path, digest)
+    M._verify(path, digest)
+    assert len(hashed) == 3  # stamped once, then trusted
+    path.write_bytes(b"weightz")  # same size, new content, new mtime
+    with pytest.raises(ModelError, match="integrity check failed"):
+        M._verify(path, digest)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 def test_tampered_part_is_refused_before_assembly(fake_model):
     home, parts, spec = fake_model
     part = home / "packages" / "fake" / "fake_model_part2" / "data" / "part02.bin"
