@@ -136,6 +136,9 @@ class LikelihoodEngine:
         if cache is not None:
             kwargs[self._cache_arg] = cache
         out = self.model(input_ids=input_ids.to(self.device), use_cache=cache is not None, **kwargs)
+        keep = kwargs.get("logits_to_keep")
+        if keep and out.logits.shape[1] > keep:  # a model that ignores logits_to_keep returns every position
+            out.logits = out.logits[:, -keep:]
         took = time.perf_counter() - start
         with self._lock:
             for c in (cost, self.cost):

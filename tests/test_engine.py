@@ -155,3 +155,22 @@ def test_out_of_memory_halves_the_batch_then_fails_clearly(tiny, tok, sources):
     engine._forward = always
     with pytest.raises(OutOfMemory, match="out of memory scoring one ablation"):
         engine.answer_logprobs(prompt, variants, answer)
+
+
+def test_models_that_ignore_logits_to_keep_score_the_same(tiny, tok, sources):
+    """Remote-code models may accept **kwargs and return logits for every position: only the last are read."""
+    prompt, variants, answer = _inputs(tok, sources)
+    expected = LikelihoodEngine(tiny.model).answer_logprobs(prompt, variants, answer)
+
+    class IgnoresLogitsToKeep(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.inner, self.config = model, model.config
+
+        def forward(self, input_ids=None, cache=None, use_cache=None, **kwargs):
+            kwargs.pop("logits_to_keep", None)
+            return self.inner(input_ids=input_ids, cache=cache, use_cache=use_cache, **kwargs)
+
+    got = LikelihoodEngine(IgnoresLogitsToKeep(tiny.model)).answer_logprobs(prompt, variants, answer)
+    for e, g in zip(expected, got):
+        assert torch.allclose(e, g, atol=1e-4)
