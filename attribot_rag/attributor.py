@@ -71,6 +71,9 @@ class Strategy:
             or not 0 < self.keep_share <= 1
         ):
             raise ConfigError(f"keep_share must be a number in (0, 1] (or None), got {self.keep_share!r}")
+        if self.prune_top_k is not None and self.level == "document":
+            raise ConfigError("prune_top_k shortlists sentences for the target to rescore, and level='document' "
+                              "scores none: use level='hierarchical' or 'sentence' with it")
         if self.engine_mode not in ENGINE_MODES:
             raise ConfigError(f"unknown engine_mode {self.engine_mode!r}: use one of {', '.join(ENGINE_MODES)}")
 
