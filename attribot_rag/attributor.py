@@ -298,6 +298,8 @@ class Attributor:
         return self._generate(question, srcs, max_new_tokens, as_history(history))[0]
 
     def _generate(self, question: str, sources, max_new_tokens: int, history: History = ()) -> tuple[str, float]:
+        if not isinstance(max_new_tokens, numbers.Integral) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
         start = time.perf_counter()
         loaded = self.target.loaded
         ids = self.target.builder.encode_prompt(question, sources, history=history)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -54,8 +55,10 @@ def _cite(args) -> int:
 
     if args.top_k < 1:
         raise AttribotError("--top-k must be >= 1")
+    if args.max_new_tokens < 1:
+        raise AttribotError("--max-new-tokens must be >= 1")
     check_proxy_used(args.strategy, args.proxy)  # before any model loads
-    docs_path = args.docs or EXAMPLE_DOCS
+    docs_path = args.docs if args.docs is not None else EXAMPLE_DOCS  # "" (an unset variable) is an error
     question = args.question or (EXAMPLE_QUESTION if args.docs is None else None)
     if not question:
         raise AttribotError("give the question as the first argument: attribot-rag cite \"...\" --docs FILE")
@@ -117,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("attribot-rag: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `... --json | head` closed the pipe: not an error of ours
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # the interpreter flushes stdout at exit: not into the closed pipe
+        return 0
     except Exception as exc:  # never a bare traceback for users
         if os.environ.get("ATTRIBOT_DEBUG"):
             raise

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import DocsFileError
+from .errors import DocsFileError, InputError
 from .spans import Source, as_sources
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
@@ -19,51 +19,70 @@ def _source(obj: Any, where: str) -> Source:
         raise DocsFileError(f"{where}: expected a JSON object with 'id' and 'text', got {type(obj).__name__}")
     if not isinstance(obj.get("text"), str) and "sentences" not in obj:
         raise DocsFileError(f"{where}: the object has no 'text' string; add one (other keys become metadata)")
-    if "id" not in obj:
+    if obj.get("id") is None:
         raise DocsFileError(f"{where}: the object has no 'id'; give every document a unique id")
-    return as_sources([obj])[0]
+    try:
+        return as_sources([obj])[0]
+    except InputError as exc:  # e.g. bad 'metadata' or 'sentences': say which file and line
+        raise DocsFileError(f"{where}: {str(exc).removeprefix('source 0: ')}") from exc
+
+
+def _read(f: Path) -> str:
+    # utf-8-sig: files saved by Notepad or Excel start with a byte-order mark, which is not text
+    try:
+        return f.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DocsFileError(f"{f} is not UTF-8 text: {exc}") from exc
+    except OSError as exc:
+        raise DocsFileError(f"cannot read {f}: {exc.strerror or exc}") from exc
+
+
+def _parse_json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise DocsFileError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    except (RecursionError, ValueError) as exc:  # nesting too deep; NaN/Infinity (not JSON)
+        raise DocsFileError(f"{where}: not valid JSON ({exc})") from exc
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value; write null or a number")
 
 
 def load_docs(path: str | Path) -> list[Source]:
     """Load documents: ``.jsonl`` (one ``{"id", "text", ...}`` object a line), ``.json`` (a list
     of such objects, or ``{"documents": [...]}``), or a folder of ``.txt``/``.md`` files (id =
-    relative path). Keys other than ``id``/``text`` are kept as metadata."""
+    relative path; hidden files and folders are skipped). Keys other than ``id``/``text`` are kept
+    as metadata. A UTF-8 byte-order mark is ignored."""
+    if isinstance(path, str) and not path.strip():  # Path("") is the current folder
+        raise DocsFileError("the docs path is empty: pass a .jsonl, .json file or a folder of .txt files")
     p = Path(path)
     if not p.exists():
         raise DocsFileError(f"docs file {p} does not exist: pass a .jsonl, .json file or a folder of .txt files")
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES)
+        files = sorted(
+            f for f in p.rglob("*")
+            if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES
+            # hidden: .git, .ipynb_checkpoints copies would be loaded as duplicate documents
+            and not any(part.startswith(".") for part in f.relative_to(p).parts)
+        )
         if not files:
             raise DocsFileError(f"folder {p} holds no {'/'.join(TEXT_SUFFIXES)} files")
-        docs = []
-        for f in files:
-            try:
-                text = f.read_text(encoding="utf-8")
-            except UnicodeDecodeError as exc:
-                raise DocsFileError(f"{f} is not UTF-8 text: {exc}") from exc
-            docs.append(Source(id=str(f.relative_to(p)), text=text, metadata={"path": str(f)}))
+        docs = [Source(id=str(f.relative_to(p)), text=_read(f), metadata={"path": str(f)}) for f in files]
         return _check(docs, p)
-    try:
-        raw = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DocsFileError(f"{p} is not UTF-8 text: {exc}") from exc
+    raw = _read(p)
     if p.suffix.lower() == ".jsonl":
         docs = []
         # split on "\n" only: splitlines() also breaks at U+2028/U+2029/U+0085 inside JSON strings
         for n, line in enumerate(raw.split("\n"), start=1):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DocsFileError(f"{p}, line {n}: not valid JSON ({exc.msg}); write one object per line") from exc
+            obj = _parse_json(line, f"{p}, line {n}")
             docs.append(_source(obj, f"{p}, line {n}"))
         return _check(docs, p)
     if p.suffix.lower() == ".json":
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise DocsFileError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        data = _parse_json(raw, str(p))
         if isinstance(data, dict) and "documents" in data:
             data = data["documents"]
         if not isinstance(data, list):
@@ -75,8 +94,8 @@ def load_docs(path: str | Path) -> list[Source]:
 def _check(docs: list[Source], p: Path) -> list[Source]:
     if not docs:
         raise DocsFileError(f"{p} holds no documents")
-    ids = [d.id for d in docs]
-    dup = {i for i in ids if ids.count(i) > 1}
+    seen: set[str] = set()
+    dup = {d.id for d in docs if d.id in seen or seen.add(d.id)}
     if dup:
         raise DocsFileError(f"{p}: duplicate document ids {sorted(dup)}; ids must be unique")
     return docs

@@ -324,7 +324,8 @@ def save_html(result: AttributionResult, path: str | Path, **kwargs: Any) -> Pat
 
 
 # ---------------------------------------------------------------------------------------- terminal
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # not \t \n \r
+# C0/C1 controls except \t \n \r, and bidi overrides/isolates ("Trojan Source" reordering of the view)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def _printable(text: str) -> str:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import numbers
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,26 @@ class Citation:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # not dataclasses.asdict: it deep-copies metadata, which fails on locks, generators, handles
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["answer_sentences"], d["metadata"] = list(self.answer_sentences), dict(self.metadata)
+        return d
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` made strict JSON: NaN/inf -> None, numpy numbers -> numbers, keys -> str, others -> str."""
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(_jsonable(k)): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, numbers.Real) or hasattr(value, "tolist"):
+        value = _json_default(value)
+        if isinstance(value, float):
+            return value if math.isfinite(value) else None
+        return _jsonable(value) if isinstance(value, list) else value
+    return str(value)
 
 
 def _json_default(value: Any) -> Any:
@@ -105,7 +125,7 @@ class AttributionResult:
 
         ``share`` is a sentence's share of the total positive sentence score.
         """
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 0):
             raise ConfigError(f"top_k={top_k!r}: pass a count >= 0, or None for every citation")
         flat = [s for per_doc in self.sentence_scores for s in per_doc]
         shares = dict(zip(map(id, flat), _shares([s.score for s in flat])))
@@ -114,7 +134,7 @@ class AttributionResult:
             key=lambda s: (-s.score, s.source_index, s.sentence_index),
         )
         out = []
-        for rank, s in enumerate(ranked[:top_k] if top_k is not None else ranked, start=1):
+        for rank, s in enumerate(ranked[: int(top_k)] if top_k is not None else ranked, start=1):
             src = self.sources[s.source_index]
             sent = src.sentences[s.sentence_index]
             out.append(
@@ -153,10 +173,14 @@ class AttributionResult:
         that support each sentence, at most ``per_sentence`` sources a sentence.
 
         Citations scoring ``min_score`` nats or less make no marker: a drop that small is within
-        the noise of reduced-precision scoring, and a marker claims the answer used the source.
+        the noise of reduced-precision scoring, and a marker claims the answer used the source. For
+        the same reason only sources :meth:`used_mask` (default thresholds) counts as used get markers.
         """
         marks: dict[int, list[int]] = {}
+        used = self.used_mask()
         for c in self.citations(top_k=top_k, min_score=min_score):
+            if not used[c.source_index]:  # a marker must not name a source this result reports unused
+                continue
             for j in c.answer_sentences:
                 nums = marks.setdefault(j, [])
                 if c.source_index + 1 not in nums and len(nums) < per_sentence:
@@ -203,10 +227,11 @@ class AttributionResult:
         }
 
     def to_json(self, top_k: int | None = None, **kwargs: Any) -> str:
-        """:meth:`to_dict` as JSON (``kwargs`` go to ``json.dumps``). Metadata values JSON cannot
-        hold are written as numbers when they are numbers (numpy scalars), else as their ``str``."""
-        kwargs.setdefault("default", _json_default)
-        return json.dumps(self.to_dict(top_k=top_k), **kwargs)
+        """:meth:`to_dict` as strict JSON (``kwargs`` go to ``json.dumps``). Metadata values JSON
+        cannot hold are written as numbers when they are numbers (numpy scalars and arrays), NaN and
+        infinities as ``null``, anything else (and non-string keys) as its ``str``."""
+        kwargs.setdefault("allow_nan", False)
+        return json.dumps(_jsonable(self.to_dict(top_k=top_k)), **kwargs)
 
     # Visual citations (see :mod:`attribot_rag.render`).
     def to_html(self, **kwargs: Any) -> str:

@@ -53,6 +53,11 @@ def test_cite_table_generates_answer(capsys, model_dir, docs_file):
     ('{"documents": 3}', ".json", "list of documents"),
     ("", ".jsonl", "no documents"),
     ("id,text\n", ".csv", "unsupported"),
+    ('{"id": null, "text": "x"}\n', ".jsonl", "no 'id'"),
+    ('{"id": "a", "text": "x"}\n{"id": "b", "text": "y", "metadata": 5}\n', ".jsonl", r"line 2: 'metadata'"),
+    ('[{"id": "a", "text": "x"}, {"id": "b", "sentences": "abc"}]', ".json", r"document 1: 'sentences'"),
+    ('{"id": "a", "text": "x", "score": NaN}\n', ".jsonl", "NaN is not a JSON value"),
+    ("[" * 100_000 + "]" * 100_000, ".json", "not valid JSON"),
 ])
 def test_malformed_docs_files(tmp_path, capsys, model_dir, content, suffix, match):
     p = tmp_path / f"docs{suffix}"
@@ -77,6 +82,11 @@ def test_cli_errors_are_clean(capsys, model_dir, docs_file, tmp_path):
     assert "does not exist" in capsys.readouterr().err
     code, out = _cite(capsys, model_dir, "--docs", str(docs_file), "--answer", "  ")
     assert code == 2 and "answer is empty" in out.err
+    for bad in ("0", "-1"):  # before any model loads: the target does not exist
+        assert main(["cite", "Q?", "--docs", str(docs_file), "--target", "nope", "--max-new-tokens", bad]) == 2
+        assert "--max-new-tokens must be >= 1" in capsys.readouterr().err
+    assert main(["cite", "Q?", "--docs", "", "--answer", "x."]) == 2  # an empty path is not the bundled example
+    assert "docs path is empty" in capsys.readouterr().err
     assert main(["cite", "Q?", "--docs", str(docs_file), "--target", "not-a-model"]) == 2
     assert "unknown model" in capsys.readouterr().err
     # --proxy with a strategy that ignores it fails before loading anything (the proxy name is not even resolved)
@@ -98,3 +108,17 @@ def test_docs_jsonl_keeps_unicode_line_separators_inside_strings(tmp_path):
     p.write_text("".join(json.dumps({"id": str(i), "text": t}, ensure_ascii=False) + "\r\n"
                          for i, t in enumerate(texts)), encoding="utf-8")
     assert [d.text for d in load_docs(p)] == texts
+
+
+def test_docs_byte_order_mark_and_hidden_folders(tmp_path):
+    """Notepad/Excel write a UTF-8 BOM; hidden folders (.ipynb_checkpoints, .git) hold no documents."""
+    p = tmp_path / "docs.jsonl"
+    p.write_text('{"id": "a", "text": "First doc."}\n', encoding="utf-8-sig")
+    assert [d.text for d in load_docs(p)] == ["First doc."]
+    folder = tmp_path / "folder"
+    (folder / ".ipynb_checkpoints").mkdir(parents=True)
+    (folder / "a.md").write_text("First doc.", encoding="utf-8-sig")
+    (folder / ".ipynb_checkpoints" / "a-checkpoint.md").write_text("First doc.")
+    (folder / ".hidden.txt").write_text("Secret.")
+    docs = load_docs(folder)
+    assert [(d.id, d.text) for d in docs] == [("a.md", "First doc.")]

@@ -199,14 +199,14 @@ def test_terminal_control_characters_in_retrieved_text_are_neutralised(rendered_
 
     r = rendered_result
     src = r.sources[0]
-    bad = "\x1b]0;pwned\x07\x1b[31m"
+    bad = "\x1b]0;pwned\x07\x1b[31m\u202e"  # ... and a right-to-left override
     r.sources[0] = dataclasses.replace(src, id=src.id + "\x1b[2J", text=bad + src.text[len(bad):])
     r.answer = "\x1b[5m" + r.answer[4:]
     buf = io.StringIO()
     render_terminal(r, console=Console(file=buf, width=140, color_system="truecolor", force_terminal=True))
     out = buf.getvalue()
     assert "]0;pwned" not in out.replace("\ufffd]0;pwned", "") and "\x1b[2J" not in out and "\x1b[5m" not in out
-    assert "\x07" not in out and "\ufffd" in out
+    assert "\x07" not in out and "\u202e" not in out and "\ufffd" in out
 
 
 def test_to_json_with_numpy_metadata_and_top_k(rendered_result):
@@ -223,3 +223,48 @@ def test_to_json_with_numpy_metadata_and_top_k(rendered_result):
     assert meta["score"] == 0.5 and meta["page"] == 3 and meta["vec"] == [0, 1]
     with pytest.raises(ConfigError, match="top_k"):
         r.citations(top_k=-1)
+
+
+def _hand_result(meta=None):
+    """Source a: sentences +6 (answer sentence 0) and +5 (sentence 1); source b: +1 and -2 (net -1)."""
+    from attribot_rag import AttributionResult, SpanScore, split_source, split_text
+    from attribot_rag.spans import Source
+
+    srcs = [split_source(Source("a", "Alpha one. Alpha two. Alpha three.", dict(meta or {}))),
+            split_source(Source("b", "Beta one. Beta two."))]
+    answer = "First claim. Second claim."
+    table = {(0, 0): (6.0, 0.0), (0, 1): (0.0, 5.0), (0, 2): (0.0, 0.0), (1, 0): (1.0, 0.0), (1, 1): (-2.0, 0.0)}
+    rows = [[SpanScore(i, k, sum(table[i, k]), list(table[i, k]), "m") for k in range(len(s.sentences))]
+            for i, s in enumerate(srcs)]
+    docs = [SpanScore(i, None, sum(x.score for x in r), [sum(x.answer_sentence_scores[j] for x in r) for j in (0, 1)],
+                      "sum of sentences") for i, r in enumerate(rows)]
+    return AttributionResult("Q?", answer, srcs, split_text(answer, None), docs, rows, "batched")
+
+
+def test_markers_name_only_sources_reported_used():
+    """Source b has a +1 nat sentence but a net negative document score: no [2] marker, and 'not used'."""
+    r = _hand_result()
+    assert r.used_mask() == [True, False]
+    assert [c.source_id for c in r.citations()] == ["a", "a", "b"]  # b's sentence is still a citation
+    assert r.marked_answer() == "First claim.[1] Second claim.[1]"
+    out = r.to_html()
+    assert 'data-source="1"' not in out and 'data-index="1" data-used="false"' in out
+
+
+def test_to_json_is_strict_json_for_any_metadata():
+    import threading
+
+    import numpy as np
+
+    meta = {"score": float("nan"), "rank": np.float32("inf"), "lock": threading.Lock(),
+            "by_page": {np.int64(3): "x", (1, 2): [np.float64(0.5), float("nan")]}, "vec": np.array([1.0, np.nan])}
+    r = _hand_result(meta)
+
+    def strict(name):
+        raise ValueError(f"{name} is not JSON")
+
+    d = json.loads(r.to_json(top_k=np.int64(1)), parse_constant=strict)
+    m = d["citations"][0]["metadata"]
+    assert len(d["citations"]) == 1 and m["score"] is None and m["rank"] is None and m["vec"] == [1.0, None]
+    assert m["by_page"] == {"3": "x", "[1, 2]": [0.5, None]} and m["lock"].startswith("<unlocked _thread.lock")
+    assert r.citations()[0].metadata["lock"] is meta["lock"]  # metadata is not deep-copied
