@@ -113,7 +113,15 @@ def test_proxy_pruning_rescores_shortlist_with_target(tok, tiny, sources):
     assert len(scored) == 3
     for p, t in scored:  # the shortlist carries the target's own LOO scores
         assert p.scored_by == "tiny" and p.score == pytest.approx(t.score, abs=1e-4)
+    # ... and it is the proxy's top 3
+    proxy = [s for r in att.attribute(Q, sources, A, strategy="proxy").sentence_scores for s in r]
+    top3 = sorted(proxy, key=lambda s: -s.score)[:3]
+    assert {(p.source_index, p.sentence_index) for p, _ in scored} == {(s.source_index, s.sentence_index) for s in top3}
+    assert len({round(s.score, 6) for s in proxy}) == len(proxy)  # no ties: the top 3 is well defined
     assert set(pruned.timing["models"]) == {"tiny", "other"}
+    # hierarchical pruning: document scores stay the proxy's, and say so
+    hier = att.attribute(Q, sources, A, strategy=Strategy(level="hierarchical", keep_top_k=2, prune_top_k=2))
+    assert {d.scored_by for d in hier.document_scores} == {"other"}
 
 
 def test_full_prompt_and_answer_are_encoded_once_per_model_per_call(tok, tiny, sources, monkeypatch):
@@ -331,7 +339,8 @@ def test_plain_template_for_base_models(tiny, sources):
     assert not pb.use_chat and pb.prompt_text(Q, sources).endswith("Answer:")
     enc = pb.encode_answer(A)
     assert base_tok.decode(enc.ids) == " " + A
-    assert all(A[a:b].strip() in A for a, b in enc.offsets)
+    assert "".join(A[a:b] for a, b in enc.offsets) == A  # the prefix space maps to no answer character
+    assert all(a < b and b <= c for (a, b), (c, _) in zip(enc.offsets, enc.offsets[1:]))
     res = Attributor(LoadedModel("base", tiny.model, base_tok), strategy="batched").attribute(Q, sources, A)
     assert len(res.citations()) > 0
 

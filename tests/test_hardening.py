@@ -90,6 +90,38 @@ def test_threads_and_asyncio_match_serial(tiny):
     assert all(not s.sentences for s in shared_sources)
 
 
+def test_aattribute_does_not_block_the_event_loop(tiny):
+    """The forward passes run in a worker thread: a ticker on the loop keeps ticking meanwhile."""
+    import threading
+
+    att = Attributor(tiny, strategy="exact")
+    loop_thread, worker_threads = threading.get_ident(), set()
+    real = att.target.engine._forward
+
+    def spy(*a, **k):
+        worker_threads.add(threading.get_ident())
+        return real(*a, **k)
+
+    att.target.engine._forward = spy
+
+    async def main():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        await att.aattribute(Q, _sources(), A)
+        task.cancel()
+        return ticks
+
+    assert asyncio.run(main()) > 10
+    assert worker_threads and loop_thread not in worker_threads
+
+
 @pytest.mark.parametrize("text", [
     "東京は日本の首都です。 大阪は大きい都市です。",
     "Emoji 🎉🎉 party. Next 👩‍👩‍👧 family!",
@@ -109,11 +141,17 @@ def test_span_edge_cases_slice_exactly(text):
 
 
 def test_duplicate_sentences_are_attributed_separately(tiny):
-    res = Attributor(tiny, strategy="batched").attribute(
-        Q, [Source("d", "Gustave Eiffel built it. Gustave Eiffel built it."), "Paris is in France."], A)
+    att = Attributor(tiny, strategy="batched")
+    docs = [Source("d", "Gustave Eiffel built it. Gustave Eiffel built it."), "Paris is in France."]
+    res = att.attribute(Q, docs, A)
+    exact = att.attribute(Q, docs, A, strategy="exact")
     a, b = res.sentence_scores[0]
     assert res.sources[0].sentences[0].start != res.sources[0].sentences[1].start
-    assert a.scored and b.scored
+    # each copy has its own ablation (removing either leaves the same prompt, so the same score)
+    assert att.encode(Q, docs, A, ablate=(0, 0)).prompt_ids == att.encode(Q, docs, A, ablate=(0, 1)).prompt_ids
+    assert a.score == pytest.approx(b.score, abs=1e-6) and a.score != 0.0
+    for got, want in zip(res.sentence_scores[0], exact.sentence_scores[0]):
+        assert got.score == pytest.approx(want.score, abs=1e-4)
 
 
 def test_empty_and_whitespace_documents(tiny):

@@ -106,11 +106,22 @@ def test_pickle_checkpoints_need_opt_in(tmp_path, tiny):
     assert loaded.context_window == tiny.context_window
 
 
-def test_dtype_and_device_defaults():
+def test_dtype_and_device_defaults(monkeypatch):
     import torch
 
     assert M.default_dtype("cuda") == torch.bfloat16
-    assert M.default_dtype("cpu") in (torch.bfloat16, torch.float32)
+    read = M.Path.read_text
+    for flags, want in (("fpu avx2 avx512f", torch.float32), ("fpu avx512_bf16", torch.bfloat16),
+                        ("fpu amx_bf16 amx_tile", torch.bfloat16), (None, torch.float32)):
+        def fake(self, *a, _flags=flags, **k):
+            if str(self) != "/proc/cpuinfo":
+                return read(self, *a, **k)
+            if _flags is None:
+                raise OSError("no /proc here")
+            return f"processor : 0\nflags : {_flags}\n"
+
+        monkeypatch.setattr(M.Path, "read_text", fake)
+        assert M.default_dtype("cpu") == want, flags
     with pytest.raises(ModelError, match="unknown dtype"):
         M._as_dtype("int3")
 

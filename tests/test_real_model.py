@@ -50,6 +50,7 @@ def test_gold_document_ranks_first(smollm2):
 
 
 def test_chat_template_prompt_is_the_models_own(smollm2):
-    ex = _example(SHORTEST)
-    text = PromptBuilder(smollm2.tokenizer).prompt_text(ex["question"], ex["sources"])
+    from attribot_rag.docs_io import EXAMPLE_DOCS, EXAMPLE_QUESTION, load_docs
+
+    text = PromptBuilder(smollm2.tokenizer).prompt_text(EXAMPLE_QUESTION, load_docs(EXAMPLE_DOCS))
     assert text.startswith("<|im_start|>") and text.endswith("<|im_start|>assistant\n")

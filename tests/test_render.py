@@ -268,3 +268,19 @@ def test_to_json_is_strict_json_for_any_metadata():
     assert len(d["citations"]) == 1 and m["score"] is None and m["rank"] is None and m["vec"] == [1.0, None]
     assert m["by_page"] == {"3": "x", "[1, 2]": [0.5, None]} and m["lock"].startswith("<unlocked _thread.lock")
     assert r.citations()[0].metadata["lock"] is meta["lock"]  # metadata is not deep-copied
+
+
+def test_used_rule_needs_both_the_score_and_the_share():
+    """Default: above 0.1 nats AND at least 5% of the positive document score."""
+    from attribot_rag import AttributionResult, SpanScore, split_source, split_text
+    from attribot_rag.spans import Source
+
+    scores = [10.0, 0.3, 0.08, -1.0, 0.7]  # shares: 0.90, 0.027, 0.007, 0, 0.063
+    srcs = [split_source(Source(str(i), f"Doc {i}.")) for i in range(len(scores))]
+    rows = [[SpanScore(i, 0, s, [s], "m")] for i, s in enumerate(scores)]
+    docs = [SpanScore(i, None, s, [s], "m") for i, s in enumerate(scores)]
+    r = AttributionResult("Q?", "A.", srcs, split_text("A.", None), docs, rows, "batched")
+    assert r.used_mask() == [True, False, False, False, True]
+    assert r.used_mask(min_share=None) == [True, True, False, False, True]
+    assert r.used_mask(min_score=0.5, min_share=None) == [True, False, False, False, True]
+    assert [s.id for s in r.used_sources()] == ["0", "4"]
