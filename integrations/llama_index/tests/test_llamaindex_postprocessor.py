@@ -120,8 +120,14 @@ def test_bare_text_mode_passes_the_title_and_offsets_into_the_text(attributor, n
 
 def test_duplicate_nodes_are_attributed_separately(attributor, nodes, question, answer):
     dup = [*nodes, NodeWithScore(node=nodes[0].node, score=0.1)]
-    out = AttribotNodePostprocessor(attributor=attributor).postprocess_nodes(dup, query_str=question, answer=answer)
-    assert len(out) == 4
+    pp = AttribotNodePostprocessor(attributor=attributor)
+    sources = [Source(str(i), n.node.get_content(MetadataMode.LLM)) for i, n in enumerate(dup)]
+    expected = [d.score for d in attributor.attribute(question, sources, answer).document_scores]
+    rows = sorted(pp.attribute_nodes(dup, question, answer).metadata["nodes"], key=lambda e: e["retrieval_rank"])
+    assert len({e["retrieval_rank"] for e in rows}) == 4  # the copy is its own source, not merged
+    assert [e["attribution_score"] for e in rows] == pytest.approx(expected, abs=1e-6)
+    out = pp.postprocess_nodes(dup, query_str=question, answer=answer)
+    assert [n.score for n in out] == pytest.approx(sorted(expected, reverse=True), abs=1e-6)
 
 
 def test_bad_input_gives_clear_errors(attributor, nodes, question, answer):
