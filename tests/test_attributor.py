@@ -97,8 +97,9 @@ def test_encode_gives_the_ids_attribution_scores(tiny, sources):
     assert len(ablated.prompt_ids) < len(enc.prompt_ids)
     assert tiny.tokenizer.decode(enc.answer_ids) == A
     # scoring these ids by hand reproduces the attribution's document and sentence scores
-    engine, res = LikelihoodEngine(tiny.model, mode="exact"), att.attribute(Q, sources, A, strategy="batched")
-    for span, want in (((0, None), res.document_scores[0].score), ((1, 0), res.sentence_scores[1][0].score)):
+    engine = LikelihoodEngine(tiny.model, mode="exact")
+    docs, sents = (att.attribute(Q, sources, A, strategy=s) for s in ("documents", "batched"))
+    for span, want in (((0, None), docs.document_scores[0].score), ((1, 0), sents.sentence_scores[1][0].score)):
         variant = att.encode(Q, sources, A, ablate=span).prompt_ids
         full, (abl,) = engine.answer_logprobs(enc.prompt_ids, [variant], enc.answer_ids)
         assert float((full - abl).sum()) == pytest.approx(want, abs=1e-4)
