@@ -294,7 +294,7 @@ def to_html(
     models = (result.timing or {}).get("models") or {}
     if models:
         foot.append("scored by " + ", ".join(
-            f"{_esc(m)} ({c.get('forward_passes', '?')} passes, {c.get('forward_tokens', '?')} tokens)"
+            f"{_esc(m)} ({_esc(c.get('forward_passes', '?'))} passes, {_esc(c.get('forward_tokens', '?'))} tokens)"
             for m, c in models.items()))
     if isinstance((result.timing or {}).get("total_seconds"), (int, float)):
         foot.append(f"{result.timing['total_seconds']:.1f} s")
