@@ -33,7 +33,7 @@ def test_cached_batched_equals_exact_on_every_sentence(smollm2):
     e = [s.score for row in exact.sentence_scores for s in row]
     b = [s.score for row in batched.sentence_scores for s in row]
     assert len(e) == sum(len(s.sentences) for s in ex["sources"]) > 10
-    assert max(abs(x - y) for x, y in zip(e, b)) < 1e-2
+    assert max(abs(x - y) for x, y in zip(e, b)) < 1e-4  # fp32: 3e-5 measured (batches of 4)
     assert batched.timing["models"]["smollm2-135m"]["forward_tokens"] < \
         exact.timing["models"]["smollm2-135m"]["forward_tokens"]
 
