@@ -56,3 +56,60 @@ def test_whole_pipeline_with_the_local_llm(tiny, attributor):
     response = engine.query("Who built the tower?")
     assert response.response and len(response.source_nodes) == 2
     assert response.metadata[METADATA_KEY]["answer"] == response.response
+
+
+def test_async_generation_does_not_block_the_event_loop(local_llm):
+    """acomplete/achat/astream_* run generation in worker threads: a ticker keeps ticking meanwhile."""
+    import asyncio
+    import threading
+
+    model = local_llm.loaded.model
+    real, threads = model.generate, set()
+
+    def slow_generate(*args, **kwargs):
+        threads.add(threading.get_ident())
+        import time
+
+        time.sleep(0.3)  # stands for a long generation
+        return real(*args, **kwargs)
+
+    text = local_llm.complete("Who built the tower?").text
+    model.generate = slow_generate
+    try:
+        async def main():
+            ticks = 0
+
+            async def ticker():
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await asyncio.sleep(0.01)
+
+            task = asyncio.create_task(ticker())
+            done = await local_llm.acomplete("Who built the tower?")
+            chat = await local_llm.achat([ChatMessage(role="user", content="Who built the tower?")])
+            stream = [r async for r in await local_llm.astream_complete("Who built the tower?")]
+            chat_stream = [r async for r in await local_llm.astream_chat(
+                [ChatMessage(role="user", content="Who built the tower?")])]
+            task.cancel()
+            return ticks, done, chat, stream, chat_stream
+
+        ticks, done, chat, stream, chat_stream = asyncio.run(main())
+    finally:
+        del model.generate  # the instance attribute shadowed the class method
+    assert ticks >= 4 * 15  # four 0.3 s generations, a tick every 10 ms while each runs
+    assert done.text == chat.message.content == stream[-1].text.strip() == text
+    assert chat_stream[-1].message.content.strip() == text
+    assert threading.main_thread().ident not in threads
+
+
+def test_serialization_round_trip_keeps_the_model(local_llm, monkeypatch):
+    import llama_index.postprocessor.attribot.llm as llm_module
+
+    asked = []
+    monkeypatch.setattr(llm_module, "load_model",
+                        lambda name, device=None, dtype=None: asked.append((name, device, dtype)) or local_llm.loaded)
+    data = local_llm.to_dict()
+    again = AttribotLLM.from_dict(data)
+    assert asked == [(local_llm.model_name, None, None)]
+    assert again.model_name == local_llm.model_name and again.max_new_tokens == local_llm.max_new_tokens

@@ -6,16 +6,20 @@ other LlamaIndex LLM works with the query and chat engine wrappers just as well.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from typing import Any
 
 import torch
 from attribot_rag import DEFAULT_MODEL, LoadedModel, load_model
 from llama_index.core.base.llms.types import (
     ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
     CompletionResponse,
+    CompletionResponseAsyncGen,
     CompletionResponseGen,
     LLMMetadata,
 )
@@ -57,6 +61,8 @@ class AttribotLLM(CustomLLM):
     model_name: str = Field(default=DEFAULT_MODEL, description="The model's name.")
     max_new_tokens: int = Field(default=128, gt=0, description="Most tokens generated per answer.")
     context_window: int = Field(default=2048, gt=0, description="The model's context window in tokens.")
+    dtype: str | None = Field(default=None, description="dtype the model was loaded with by name, if given.")
+    device: str | None = Field(default=None, description="Device the model was loaded on by name, if given.")
 
     _loaded: LoadedModel = PrivateAttr()
 
@@ -69,11 +75,13 @@ class AttribotLLM(CustomLLM):
         device: str | None = None,
         **kwargs: Any,
     ) -> None:
+        # from_dict(to_dict()) passes the serialized model_name: load that model
+        model = kwargs.pop("model_name", None) or model
         loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
         kwargs.setdefault("context_window", loaded.context_window or 2048)
         kwargs.setdefault("messages_to_prompt", functools.partial(render_messages, loaded.tokenizer))
         kwargs.setdefault("completion_to_prompt", functools.partial(render_completion, loaded.tokenizer))
-        super().__init__(model_name=loaded.name, max_new_tokens=max_new_tokens, **kwargs)
+        super().__init__(model_name=loaded.name, max_new_tokens=max_new_tokens, dtype=dtype, device=device, **kwargs)
         self._loaded = loaded
 
     @classmethod
@@ -160,3 +168,30 @@ class AttribotLLM(CustomLLM):
                 raise errors[0]
 
         return gen()
+
+    # Async: generation runs in a worker thread, so the event loop keeps serving other tasks
+    # (CustomLLM's defaults call the blocking sync methods on the loop).
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        """Async :meth:`complete`, off the event loop."""
+        return await asyncio.to_thread(self.complete, prompt, formatted, **kwargs)
+
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        """Async ``chat``, off the event loop."""
+        return await asyncio.to_thread(self.chat, messages, **kwargs)
+
+    async def astream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseAsyncGen:
+        """Async :meth:`stream_complete`: each chunk is awaited from a worker thread."""
+        return _in_thread(self.stream_complete(prompt, formatted=formatted, **kwargs))
+
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        """Async ``stream_chat``: each chunk is awaited from a worker thread."""
+        return _in_thread(self.stream_chat(messages, **kwargs))
+
+
+async def _in_thread(items: Iterator[Any]) -> AsyncGenerator[Any, None]:
+    """Iterate a blocking iterator without blocking the event loop: each ``next`` runs in a thread."""
+    done = object()
+    while (item := await asyncio.to_thread(next, items, done)) is not done:
+        yield item
