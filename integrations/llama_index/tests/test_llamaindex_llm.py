@@ -107,8 +107,8 @@ def test_serialization_round_trip_keeps_the_model(local_llm, monkeypatch):
     import llama_index.postprocessor.attribot.llm as llm_module
 
     asked = []
-    monkeypatch.setattr(llm_module, "load_model",
-                        lambda name, device=None, dtype=None: asked.append((name, device, dtype)) or local_llm.loaded)
+    monkeypatch.setattr(llm_module, "shared_model",
+                        lambda name, dtype=None, device=None: asked.append((name, device, dtype)) or local_llm.loaded)
     data = local_llm.to_dict()
     again = AttribotLLM.from_dict(data)
     assert asked == [(local_llm.model_name, None, None)]

@@ -160,11 +160,12 @@ def test_default_attributor_is_the_embedded_default_model(monkeypatch):
             made.append((target, proxy, kwargs))
 
     monkeypatch.setattr(base, "Attributor", FakeAttributor)
+    monkeypatch.setattr(base, "shared_model", lambda name, dtype=None, device=None: ("loaded", name, dtype, device))
     pp = AttribotNodePostprocessor(dtype="fp32")
     assert made == []  # nothing is loaded until attribution runs
     first = pp.get_attributor()
     assert pp.get_attributor() is first and len(made) == 1
-    assert made[0][0] == "smollm2-135m" and made[0][1] is None and made[0][2]["dtype"] == "fp32"
+    assert made[0][0] == ("loaded", "smollm2-135m", "fp32", None) and made[0][1] is None
 
 
 def test_field_validation():
@@ -223,3 +224,42 @@ def test_deepcopy_shares_the_loaded_model(attributor):
     for dup in (copy.deepcopy(pp), pp.model_copy(deep=True)):
         assert dup.top_n == 2 and dup.attributor is attributor and dup is not pp
     assert copy.deepcopy(AttribotNodePostprocessor(top_n=3)).top_n == 3
+
+
+def test_bad_settings_fail_when_built_not_after_the_turn(retriever, llm, attributor):
+    """A chat engine wrapper with a bad setting raises at from_defaults, before any turn reaches memory."""
+    from attribot_rag import ModelError
+    from llama_index.core.chat_engine import ContextChatEngine
+
+    from llama_index.postprocessor.attribot import AttributedChatEngine
+
+    engine = ContextChatEngine.from_defaults(retriever=retriever, llm=llm)
+    with pytest.raises(ValueError, match="unknown strategy 'nonsense'"):
+        AttributedChatEngine.from_defaults(engine, strategy="nonsense")
+    with pytest.raises(ValueError, match="needs a proxy"):
+        AttribotNodePostprocessor(strategy="proxy-prune")
+    with pytest.raises(ModelError, match="unknown dtype 'float64'"):
+        AttribotNodePostprocessor(dtype="float64")
+    with pytest.raises(ValueError, match="not NaN"):
+        AttribotNodePostprocessor(min_score=float("nan"))
+    assert engine.chat_history == []
+    # a given attributor brings its own strategy and model: the name-based settings are not used
+    assert AttribotNodePostprocessor(attributor=attributor, dtype="float64").get_attributor() is attributor
+
+
+def test_postprocessors_and_llm_share_one_model_per_process(tiny, monkeypatch):
+    import llama_index.postprocessor.attribot.base as base
+    from llama_index.postprocessor.attribot import AttribotLLM, clear_model_cache
+
+    loads = []
+    monkeypatch.setattr(base, "load_model", lambda name, device=None, dtype=None: loads.append(name) or tiny)
+    clear_model_cache()
+    try:
+        a = AttribotNodePostprocessor(target="m", dtype="fp32", device="cpu").get_attributor()
+        b = AttribotNodePostprocessor(target="m", dtype="float32", device="cpu", strategy="batched").get_attributor()
+        llm = AttribotLLM("m", dtype="fp32", device="cpu")
+        assert loads == ["m"] and a.target.loaded is b.target.loaded is llm.loaded
+        AttribotNodePostprocessor(target="m", dtype="bf16", device="cpu").get_attributor()
+        assert loads == ["m", "m"]  # another dtype is another copy
+    finally:
+        clear_model_cache()

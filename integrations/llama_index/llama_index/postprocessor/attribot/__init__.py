@@ -17,6 +17,8 @@ from .base import (
     AttribotNodePostprocessor,
     AttributedNodes,
     NodeTextError,
+    clear_model_cache,
+    shared_model,
 )
 from .chat_engine import AttributedChatEngine, AttributedStreamingChatResponse
 from .llm import AttribotLLM
@@ -38,5 +40,7 @@ __all__ = [
     "InputError",
     "NoSourcesError",
     "NodeTextError",
+    "clear_model_cache",
+    "shared_model",
     "llamaindex_qa_template",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,12 +20,16 @@ from attribot_rag import (
     Attributor,
     EmptyAnswerError,
     InputError,
+    LoadedModel,
     NoSourcesError,
     PromptTemplate,
     Source,
     Strategy,
+    load_model,
 )
-from llama_index.core.bridge.pydantic import Field, field_validator
+from attribot_rag.attributor import resolve_strategy
+from attribot_rag.models import _as_dtype, default_device
+from llama_index.core.bridge.pydantic import Field, field_validator, model_validator
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
 
@@ -42,7 +47,25 @@ ATTRIBUTION_SCORE_KEY = "attribution_score"
 ATTRIBUTION_SHARE_KEY = "attribution_share"
 _ADDED_KEYS = (RETRIEVAL_SCORE_KEY, ATTRIBUTION_SCORE_KEY, ATTRIBUTION_SHARE_KEY)
 # Guards the lazy model load; module-level so postprocessors stay deep-copyable and picklable.
-_BUILD_LOCK = threading.Lock()
+_BUILD_LOCK = threading.RLock()
+_MODELS: dict[tuple[Any, ...], LoadedModel] = {}
+
+
+def shared_model(name: str, dtype: Any = None, device: str | None = None) -> LoadedModel:
+    """The process-wide copy of a model loaded by name: every postprocessor, engine wrapper and
+    :class:`AttribotLLM` asking for the same (model, dtype, device) holds one set of weights.
+    A chat engine built per session therefore does not reload the model per session."""
+    key = (name, _as_dtype(dtype), device or default_device())
+    with _BUILD_LOCK:
+        if key not in _MODELS:
+            _MODELS[key] = load_model(name, device=device, dtype=dtype)
+        return _MODELS[key]
+
+
+def clear_model_cache() -> None:
+    """Forget the shared models (they are freed once no postprocessor or LLM holds them)."""
+    with _BUILD_LOCK:
+        _MODELS.clear()
 
 
 class NodeTextError(InputError):
@@ -163,6 +186,22 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
             raise ValueError("min_share must be in [0, 1] (or None)")
         return value
 
+    @field_validator("min_score")
+    @classmethod
+    def _not_nan(cls, value: float) -> float:
+        if math.isnan(value):  # every comparison with NaN is False: no node would ever count as used
+            raise ValueError("min_score must be a number of nats, not NaN")
+        return value
+
+    @model_validator(mode="after")
+    def _check_settings(self) -> AttribotNodePostprocessor:
+        # Fail when the postprocessor (or an engine wrapper) is built, not after a turn was answered
+        # and written to chat memory: the attributor and its model are only built on first use.
+        if self.attributor is None:
+            resolve_strategy(self.strategy, has_proxy=self.proxy is not None)  # ConfigError
+            _as_dtype(self.dtype)  # ModelError naming the accepted dtypes
+        return self
+
     def __deepcopy__(self, memo: dict[int, Any] | None = None) -> AttribotNodePostprocessor:
         """A deep copy that shares the attributor: its loaded model is never duplicated."""
         memo = {} if memo is None else memo
@@ -182,8 +221,9 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
             with _BUILD_LOCK:
                 if self.attributor is None:
                     self.attributor = Attributor(
-                        self.target, self.proxy, strategy=self.strategy, dtype=self.dtype, device=self.device,
-                        template=self.template or llamaindex_qa_template(),
+                        shared_model(self.target, self.dtype, self.device),
+                        None if self.proxy is None else shared_model(self.proxy, self.dtype, self.device),
+                        strategy=self.strategy, template=self.template or llamaindex_qa_template(),
                     )
         return self.attributor
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, Iterator, Sequence
 from typing import Any
 
 import torch
-from attribot_rag import DEFAULT_MODEL, LoadedModel, load_model
+from attribot_rag import DEFAULT_MODEL, LoadedModel
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
@@ -26,6 +26,8 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
+
+from .base import shared_model
 
 
 def _has_chat_template(tokenizer: Any) -> bool:
@@ -77,7 +79,7 @@ class AttribotLLM(CustomLLM):
     ) -> None:
         # from_dict(to_dict()) passes the serialized model_name: load that model
         model = kwargs.pop("model_name", None) or model
-        loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
+        loaded = model if isinstance(model, LoadedModel) else shared_model(model, dtype, device)
         kwargs.setdefault("context_window", loaded.context_window or 2048)
         kwargs.setdefault("messages_to_prompt", functools.partial(render_messages, loaded.tokenizer))
         kwargs.setdefault("completion_to_prompt", functools.partial(render_completion, loaded.tokenizer))
