@@ -263,3 +263,17 @@ def test_postprocessors_and_llm_share_one_model_per_process(tiny, monkeypatch):
         assert loads == ["m", "m"]  # another dtype is another copy
     finally:
         clear_model_cache()
+
+
+def test_class():
+    """The LlamaHub convention: each class is the LlamaIndex component it claims to be."""
+    from llama_index.core.base.base_query_engine import BaseQueryEngine
+    from llama_index.core.base.llms.base import BaseLLM
+    from llama_index.core.chat_engine.types import BaseChatEngine
+    from llama_index.core.postprocessor.types import BaseNodePostprocessor
+
+    from llama_index.postprocessor.attribot import AttribotLLM, AttributedChatEngine, AttributedQueryEngine
+
+    for cls, base in ((AttribotNodePostprocessor, BaseNodePostprocessor), (AttribotLLM, BaseLLM),
+                      (AttributedQueryEngine, BaseQueryEngine), (AttributedChatEngine, BaseChatEngine)):
+        assert base.__name__ in [b.__name__ for b in cls.__mro__], cls
