@@ -277,3 +277,37 @@ def test_class():
     for cls, base in ((AttribotNodePostprocessor, BaseNodePostprocessor), (AttribotLLM, BaseLLM),
                       (AttributedQueryEngine, BaseQueryEngine), (AttributedChatEngine, BaseChatEngine)):
         assert base.__name__ in [b.__name__ for b in cls.__mro__], cls
+
+
+def test_attribution_is_reported_to_llamaindex_tracing(attributor, nodes, question, answer):
+    """ReRank instrumentation events, a span, and a RERANKING callback event, as LlamaIndex rerankers emit."""
+    from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugHandler
+    from llama_index.core.instrumentation import get_dispatcher
+    from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+    from llama_index.core.instrumentation.span_handlers import SimpleSpanHandler
+
+    seen = []
+
+    class Collect(BaseEventHandler):
+        def handle(self, event, **kwargs):
+            seen.append(event)
+
+    root, debug, spans = get_dispatcher(), LlamaDebugHandler(), SimpleSpanHandler()
+    handler = Collect()
+    root.add_event_handler(handler)
+    root.add_span_handler(spans)
+    try:
+        pp = AttribotNodePostprocessor(attributor=attributor, callback_manager=CallbackManager([debug]))
+        attributed = pp.attribute_nodes(nodes, question, answer)
+        asyncio.run(pp.aattribute_nodes(nodes, question, answer))
+    finally:
+        root.event_handlers.remove(handler)
+        root.span_handlers.remove(spans)
+    names = [type(e).__name__ for e in seen]
+    assert names.count("ReRankStartEvent") == names.count("ReRankEndEvent") == 2
+    end = next(e for e in seen if type(e).__name__ == "ReRankEndEvent")
+    assert [n.node.node_id for n in end.nodes] == [n.node.node_id for n in attributed.nodes]
+    start = next(e for e in seen if type(e).__name__ == "ReRankStartEvent")
+    assert start.model_name == "tiny" and start.query == question and len(start.nodes) == len(nodes)
+    assert len(debug.get_event_pairs(CBEventType.RERANKING)) == 2
+    assert sum("attribute_nodes" in s.id_ for s in spans.completed_spans) == 2

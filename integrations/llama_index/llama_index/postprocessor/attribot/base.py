@@ -7,10 +7,11 @@ nodes into attribot sources and the :class:`~attribot_rag.AttributionResult` bac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,14 +31,18 @@ from attribot_rag import (
 from attribot_rag.attributor import resolve_strategy
 from attribot_rag.models import _as_dtype, default_device
 from llama_index.core.bridge.pydantic import Field, field_validator, model_validator
+from llama_index.core.callbacks import CBEventType, EventPayload
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
 
 from .prompts import llamaindex_qa_template
 
-#: Key of the attribution entry merged into ``Response.metadata`` / ``AgentChatResponse.metadata``.
 logger = logging.getLogger(__name__)
+dispatcher = get_dispatcher(__name__)
 
+#: Key of the attribution entry merged into ``Response.metadata`` / ``AgentChatResponse.metadata``.
 METADATA_KEY = "attribot"
 #: Node metadata key holding the retriever's score (``NodeWithScore.score`` becomes the attribution score).
 RETRIEVAL_SCORE_KEY = "retrieval_score"
@@ -263,6 +268,7 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
         _require_answer(None)
         return nodes  # pragma: no cover - _require_answer(None) always raises
 
+    @dispatcher.span
     def attribute_nodes(
         self, nodes: Sequence[NodeWithScore], query_str: str, answer: str, history: Sequence[Any] | None = None
     ) -> AttributedNodes:
@@ -278,17 +284,38 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
             attribot_rag.InputError: any other input attribot-rag rejects (too long a context, ...).
         """
         nodes, question, answer, sources = self._prepare(nodes, query_str, answer)
-        result = self.get_attributor().attribute(question, sources, answer, history=history)
-        return self._rank(nodes, sources, result)
+        with self._traced(nodes, question) as out:
+            result = self.get_attributor().attribute(question, sources, answer, history=history)
+            out.append(self._rank(nodes, sources, result))
+        return out[0]
 
+    @dispatcher.span
     async def aattribute_nodes(
         self, nodes: Sequence[NodeWithScore], query_str: str, answer: str, history: Sequence[Any] | None = None
     ) -> AttributedNodes:
         """Async :meth:`attribute_nodes`; the forward passes run in a worker thread."""
         nodes, question, answer, sources = self._prepare(nodes, query_str, answer)
-        attributor = await asyncio.to_thread(self.get_attributor)
-        result = await asyncio.to_thread(attributor.attribute, question, sources, answer, history=history)
-        return self._rank(nodes, sources, result)
+        with self._traced(nodes, question) as out:
+            attributor = await asyncio.to_thread(self.get_attributor)
+            result = await asyncio.to_thread(attributor.attribute, question, sources, answer, history=history)
+            out.append(self._rank(nodes, sources, result))
+        return out[0]
+
+    @contextlib.contextmanager
+    def _traced(self, nodes: list[NodeWithScore], question: str) -> Iterator[list[AttributedNodes]]:
+        """Report the re-ranking as LlamaIndex rerankers do: instrumentation ReRank events and a
+        RERANKING callback event, so tracing tools see it. The body appends its result to the list."""
+        model = self.attributor.target.name if self.attributor is not None else self.target
+        top_n = self.top_n or len(nodes)
+        dispatcher.event(ReRankStartEvent(query=question, nodes=nodes, top_n=top_n, model_name=model))
+        out: list[AttributedNodes] = []
+        with self.callback_manager.event(CBEventType.RERANKING, payload={
+            EventPayload.NODES: nodes, EventPayload.MODEL_NAME: model, EventPayload.QUERY_STR: question,
+            EventPayload.TOP_K: top_n,
+        }) as event:
+            yield out
+            event.on_end(payload={EventPayload.NODES: out[0].nodes})
+        dispatcher.event(ReRankEndEvent(nodes=out[0].nodes))
 
     def attribute_turn(
         self, nodes: Sequence[NodeWithScore], query_str: str, answer: str | None, history: Sequence[Any] | None = None
