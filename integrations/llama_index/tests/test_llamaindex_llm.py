@@ -113,3 +113,29 @@ def test_serialization_round_trip_keeps_the_model(local_llm, monkeypatch):
     again = AttribotLLM.from_dict(data)
     assert asked == [(local_llm.model_name, None, None)]
     assert again.model_name == local_llm.model_name and again.max_new_tokens == local_llm.max_new_tokens
+
+
+def test_closing_a_stream_early_stops_generation(tiny):
+    """Breaking out of stream_complete stops the generation thread instead of running to max_new_tokens."""
+    llm = AttribotLLM(tiny, max_new_tokens=200)
+    model = tiny.model
+    real, steps = model.forward, []
+
+    def counting_forward(*args, **kwargs):
+        steps.append(1)
+        return real(*args, **kwargs)
+
+    model.forward = counting_forward
+    try:
+        stream = llm.stream_complete("Who built the tower?")
+        next(stream)
+        stream.close()
+        import time
+
+        seen, deadline = -1, time.monotonic() + 20
+        while len(steps) != seen and time.monotonic() < deadline:  # until the generation thread goes quiet
+            seen = len(steps)
+            time.sleep(0.5)
+    finally:
+        del model.forward
+    assert len(steps) < 50  # a few steps past the first chunk, not 200

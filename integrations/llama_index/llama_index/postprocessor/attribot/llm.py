@@ -141,16 +141,23 @@ class AttribotLLM(CustomLLM):
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
         """Streamed greedy completion (generation runs in a thread, text arrives as it decodes)."""
-        from transformers import TextIteratorStreamer
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         inputs = self._inputs(self._render(prompt, formatted))
         streamer = TextIteratorStreamer(self._loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
         errors: list[BaseException] = []
+        halt = threading.Event()  # set when the consumer stops early: generation stops too
+
+        class _Halt(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> bool:
+                return halt.is_set()
 
         def run() -> None:
             try:
                 with torch.inference_mode():
-                    self._loaded.model.generate(**inputs, streamer=streamer)
+                    self._loaded.model.generate(
+                        **inputs, streamer=streamer, stopping_criteria=StoppingCriteriaList([_Halt()])
+                    )
             except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
                 errors.append(exc)
                 streamer.end()
@@ -159,13 +166,16 @@ class AttribotLLM(CustomLLM):
             thread = threading.Thread(target=run, daemon=True)
             thread.start()
             text = ""
-            for delta in streamer:
-                if not text:
-                    delta = delta.lstrip()
-                if delta:
-                    text += delta
-                    yield CompletionResponse(text=text, delta=delta)
-            thread.join()
+            try:
+                for delta in streamer:
+                    if not text:
+                        delta = delta.lstrip()
+                    if delta:
+                        text += delta
+                        yield CompletionResponse(text=text, delta=delta)
+            finally:  # also when the consumer closes the generator after a few chunks
+                halt.set()
+                thread.join()
             if errors:
                 raise errors[0]
 
