@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from attribot_rag import AttributionResult, Attributor, ConfigError, EmptyAnswerError, NoSourcesError, Source
@@ -53,9 +54,36 @@ class CiteOptions:
         if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)
                                        or self.top_k < 0):
             raise ConfigError(f"top_k={self.top_k!r}: pass a count >= 0, or None for every positive citation")
-        if self.used_min_share is not None and not 0 <= self.used_min_share <= 1:
+        # NaN compares False with everything, so a NaN threshold would silently keep or drop everything.
+        for name, value in (("min_score", self.min_score), ("used-score threshold (used_min_score / min_score)",
+                                                            self.used_min_score)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ConfigError(f"the {name} is {value!r}: pass a finite number of nats (e.g. 0.0)")
+        if self.id_key is not None and not isinstance(self.id_key, str):
+            raise ConfigError(f"id_key={self.id_key!r}: pass the metadata key (a str) holding document ids, or None")
+        if self.used_min_share is not None and (isinstance(self.used_min_share, bool)
+                                                or not isinstance(self.used_min_share, numbers.Real)
+                                                or not 0 <= self.used_min_share <= 1):
             raise ConfigError(f"the used-share threshold (used_min_share / min_share) is {self.used_min_share!r}: "
                               "pass a share in [0, 1], or None to disable the share rule")
+
+
+def call_options(options: CiteOptions, kwargs: Mapping[str, Any], names: Mapping[str, str], who: str) -> CiteOptions:
+    """``options`` with the per-call overrides in ``kwargs`` (from ``invoke(..., **kwargs)`` or ``.bind``).
+
+    ``names`` maps each accepted keyword to its :class:`CiteOptions` field. Other keywords are
+    ignored, as LangChain's own steps (prompts, parsers, ``RunnableParallel``) ignore keywords they
+    do not take, with a warning so that a misspelt option does not pass unnoticed. Overrides are
+    checked like constructor arguments (:class:`ConfigError`), before any model work.
+    """
+    if not kwargs:
+        return options
+    unknown = sorted(k for k in kwargs if k not in names)
+    if unknown:
+        warnings.warn(f"{who} ignores the keyword argument(s) {unknown}: per call it takes "
+                      f"{', '.join(names)}", UserWarning, stacklevel=4)  # the caller of invoke()
+    known = {names[k]: v for k, v in kwargs.items() if k in names}
+    return replace(options, **known) if known else options
 
 
 @dataclass

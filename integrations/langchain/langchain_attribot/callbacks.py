@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from attribot_rag import DEFAULT_MODEL, Attributor, PromptTemplate
+from attribot_rag import DEFAULT_MODEL, Attributor, ConfigError, PromptTemplate
 from langchain_core.callbacks import BaseCallbackHandler, dispatch_custom_event
 from langchain_core.documents import Document
 from langchain_core.messages import BaseMessage
@@ -100,6 +100,10 @@ class AttribotCallbackHandler(BaseCallbackHandler):
         event_name: the custom event's name (``None``: dispatch no event).
         max_results: keep the records of this many most recent runs.
         raise_error: let errors propagate out of the chain instead of storing them.
+
+    Raises:
+        ConfigError: at construction, for a bad setting (unknown strategy, bad dtype or device,
+            negative ``top_k``, non-finite score threshold, ``max_results < 1``, ...).
     """
 
     def __init__(
@@ -126,6 +130,8 @@ class AttribotCallbackHandler(BaseCallbackHandler):
         raise_error: bool = False,
     ) -> None:
         super().__init__()
+        if isinstance(max_results, bool) or not isinstance(max_results, int) or max_results < 1:
+            raise ConfigError(f"max_results={max_results!r}: pass how many runs' records to keep (an int >= 1)")
         self.scorer = ScorerSettings(model, proxy, strategy, device, dtype, template, attributor,
                                      dict(attributor_kwargs or {}))
         self.options = CiteOptions(top_k, min_score, used_min_score, used_min_share, id_key)

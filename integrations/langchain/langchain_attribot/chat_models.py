@@ -2,21 +2,50 @@
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from attribot_rag import DEFAULT_MODEL, LoadedModel
+from attribot_rag import DEFAULT_MODEL, ConfigError, LoadedModel
+from attribot_rag.models import _as_dtype
 from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field
 
-from ._models import model_lock, shared_model
+from ._models import ModelLike, _dtype_name, model_lock, shared_model
+from ._settings import check_model, check_model_settings
 
 _ROLES = {"system": "system", "human": "user", "ai": "assistant"}
+
+
+def _model_name(model: ModelLike) -> str:
+    """A model's name for traces: its short name or path, or a model object's name."""
+    if isinstance(model, LoadedModel):
+        return model.name
+    if isinstance(model, (str, os.PathLike)):
+        return os.fspath(model)
+    if isinstance(model, tuple) and len(model) == 2:
+        return getattr(getattr(model[0], "config", None), "_name_or_path", None) or type(model[0]).__name__
+    return type(model).__name__
+
+
+def _check_max_tokens(n: Any, what: str = "max_new_tokens (max_tokens)") -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"{what}={n!r}: pass the most tokens to generate, an int >= 1")
+    return n
+
+
+def _one_max_tokens(kwargs: Mapping[str, Any]) -> Any:
+    """The value of ``max_new_tokens`` / ``max_tokens`` in ``kwargs`` (``None``: neither); both must agree."""
+    given = {k: kwargs[k] for k in ("max_new_tokens", "max_tokens") if kwargs.get(k) is not None}
+    if len(given) == 2 and given["max_new_tokens"] != given["max_tokens"]:
+        raise ConfigError(f"max_new_tokens={given['max_new_tokens']!r} and max_tokens={given['max_tokens']!r} "
+                          "are one setting under two names: pass one of them")
+    return next(iter(given.values()), None)
 
 
 def _cut(text: str, stop: list[str] | None) -> tuple[str, bool]:
@@ -35,22 +64,41 @@ class ChatAttribot(BaseChatModel):
     ``stream`` yields text as it is decoded, and the last chunk carries token usage.
 
     Example:
-        >>> llm = ChatAttribot(max_new_tokens=48)
+        >>> llm = ChatAttribot(max_tokens=48)  # or max_new_tokens=48
         >>> llm.invoke("What is the capital of France?").text
 
+    Per call, ``invoke``/``stream``/``batch`` (and ``.bind(...)``) take ``max_tokens`` (or
+    ``max_new_tokens``) and ``model`` (another model of the forms below, loaded and shared on
+    first use), besides ``stop``. Other sampling parameters (``temperature``, ...) do not apply
+    to greedy decoding and are ignored.
+
     Args:
-        model: an embedded short name (default ``"smollm2-135m"``), a local model folder, or a
-            ``LoadedModel``.
-        device / dtype: where and how to load a named model.
-        max_new_tokens: the most tokens to generate.
+        model: an embedded short name (default ``"smollm2-135m"``), a local model folder, a
+            ``LoadedModel`` or a ``(model, tokenizer)`` pair.
+        device / dtype: where and how to load a named model; ``dtype`` is a ``torch.dtype`` or a
+            name (``"fp32"``, ``"bf16"``, ``"fp16"``, ...). Not for model objects (cast those first).
+        max_new_tokens: the most tokens to generate; ``max_tokens``, LangChain's standard name,
+            is an alias.
+
+    Raises:
+        ConfigError: at construction, for a bad ``model`` type, ``dtype`` or ``device``, a
+            ``device``/``dtype`` given with a model object, or ``max_new_tokens < 1``.
     """
 
     model: Any = DEFAULT_MODEL
     device: str | None = None
-    dtype: str | None = None
-    max_new_tokens: int = 128
+    dtype: Any = None  # a torch.dtype or a name from attribot-rag's table; checked in __init__
+    max_new_tokens: int = Field(default=128, alias="max_tokens")
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
+    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=(), populate_by_name=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        """Build the model's settings; nothing is loaded until the first call."""
+        _one_max_tokens(kwargs)  # pydantic would silently keep the alias's value
+        super().__init__(**kwargs)
+        # Checked here, not in a pydantic validator, which would wrap ConfigError in a ValidationError.
+        check_model_settings(self.model, self.device, self.dtype)
+        _check_max_tokens(self.max_new_tokens)
 
     @property
     def _llm_type(self) -> str:
@@ -58,11 +106,36 @@ class ChatAttribot(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        name = self.model.name if isinstance(self.model, LoadedModel) else str(self.model)
-        return {"model": name, "max_new_tokens": self.max_new_tokens, "dtype": self.dtype}
+        dtype = None if self.dtype is None else _dtype_name(_as_dtype(self.dtype))  # "fp32" == torch.float32
+        return {"model": _model_name(self.model), "max_new_tokens": self.max_new_tokens, "dtype": dtype}
 
-    def _loaded(self) -> LoadedModel:
-        return shared_model(self.model, device=self.device, dtype=self.dtype)
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        """Standard tracing parameters; per-call ``model`` / ``max_tokens`` overrides win.
+
+        No ``ls_temperature``: decoding is greedy, there is no temperature to report.
+        """
+        model = kwargs.get("model") or self.model
+        max_tokens = kwargs.get("max_new_tokens") or kwargs.get("max_tokens") or self.max_new_tokens
+        params = LangSmithParams(ls_provider="attribot", ls_model_name=_model_name(model), ls_model_type="chat")
+        if isinstance(max_tokens, int) and not isinstance(max_tokens, bool):  # tracing never raises
+            params["ls_max_tokens"] = max_tokens
+        if stop:
+            params["ls_stop"] = stop
+        return params
+
+    def _loaded(self, model: ModelLike | None = None) -> LoadedModel:
+        """The weights to generate with: ``model`` (a per-call override) or the configured one."""
+        if model is None:
+            return shared_model(self.model, device=self.device, dtype=self.dtype)
+        check_model(model)
+        # device/dtype are for named models; an override object is used as it is
+        named = isinstance(model, (str, os.PathLike))
+        return shared_model(model, device=self.device if named else None, dtype=self.dtype if named else None)
+
+    def _call_max_tokens(self, kwargs: Mapping[str, Any]) -> int:
+        """The per-call ``max_new_tokens``/``max_tokens`` (they are aliases), else the configured one."""
+        n = _one_max_tokens(kwargs)
+        return _check_max_tokens(self.max_new_tokens if n is None else n)
 
     def _prompt_ids(self, loaded: LoadedModel, messages: list[BaseMessage]) -> list[int]:
         turns = [{"role": _ROLES.get(m.type, "user"), "content": str(m.text)} for m in messages]
@@ -73,14 +146,14 @@ class ChatAttribot(BaseChatModel):
         text = "\n\n".join(t["content"] for t in turns) + "\n\n"
         return list(tok(text)["input_ids"])
 
-    def _generate_kwargs(self, loaded: LoadedModel, ids: list[int], max_new_tokens: int | None) -> dict[str, Any]:
+    def _generate_kwargs(self, loaded: LoadedModel, ids: list[int], max_new_tokens: int) -> dict[str, Any]:
         import torch
 
         input_ids = torch.tensor([ids], device=loaded.device)
         tok = loaded.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         return dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                    max_new_tokens=max_new_tokens or self.max_new_tokens, do_sample=False, pad_token_id=pad)
+                    max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
 
     def _generate(
         self,
@@ -91,10 +164,11 @@ class ChatAttribot(BaseChatModel):
     ) -> ChatResult:
         import torch
 
-        loaded = self._loaded()
+        max_new_tokens = self._call_max_tokens(kwargs)  # before loading: a bad value costs nothing
+        loaded = self._loaded(kwargs.get("model"))
         ids = self._prompt_ids(loaded, messages)
         with model_lock(loaded), torch.inference_mode():
-            out = loaded.model.generate(**self._generate_kwargs(loaded, ids, kwargs.get("max_new_tokens")))
+            out = loaded.model.generate(**self._generate_kwargs(loaded, ids, max_new_tokens))
         new = out[0, len(ids):].tolist()
         text, _ = _cut(loaded.tokenizer.decode(new, skip_special_tokens=True).strip(), stop)
         usage = UsageMetadata(input_tokens=len(ids), output_tokens=len(new), total_tokens=len(ids) + len(new))
@@ -111,7 +185,8 @@ class ChatAttribot(BaseChatModel):
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-        loaded = self._loaded()
+        max_new_tokens = self._call_max_tokens(kwargs)
+        loaded = self._loaded(kwargs.get("model"))
         ids = self._prompt_ids(loaded, messages)
         halt = threading.Event()
 
@@ -127,7 +202,7 @@ class ChatAttribot(BaseChatModel):
             try:
                 with model_lock(loaded), torch.inference_mode():
                     out = loaded.model.generate(
-                        **self._generate_kwargs(loaded, ids, kwargs.get("max_new_tokens")),
+                        **self._generate_kwargs(loaded, ids, max_new_tokens),
                         streamer=streamer, stopping_criteria=StoppingCriteriaList([_Halt()]),
                     )
                 n_new[0] = out.shape[1] - len(ids)

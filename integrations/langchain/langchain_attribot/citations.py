@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from attribot_rag import DEFAULT_MODEL, Attributor, PromptTemplate
 from langchain_core.runnables import Runnable, RunnableConfig
@@ -16,6 +16,7 @@ from ._convert import (
     QUESTION_KEYS,
     Cited,
     CiteOptions,
+    call_options,
     chain_history,
     check_documents,
     check_history_messages,
@@ -70,9 +71,16 @@ class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
     event loop stays free. ``stream`` passes the incoming chunks (e.g. answer tokens) through
     as they arrive and yields the citations last; the chunks add up to ``invoke``'s output.
 
+    Per-call options: ``invoke``/``ainvoke``/``batch``/``stream`` (and ``.bind(...)``) accept
+    ``top_k``, ``min_score``, ``used_min_score``, ``used_min_share`` and ``id_key`` as keyword
+    arguments, overriding the constructor's values for that call (``step.bind(top_k=1)``). Other
+    keywords are ignored with a ``UserWarning``, as LangChain's prompts and parsers ignore keywords
+    they do not take.
+
     Args:
         model, proxy, strategy, device, dtype, template, attributor, attributor_kwargs: the
-            scoring model (see :class:`~langchain_attribot._settings.ScorerSettings`).
+            scoring model (see :class:`~langchain_attribot._settings.ScorerSettings`); ``dtype``
+            may be a ``torch.dtype`` or a name such as ``"fp32"``/``"bf16"``.
         top_k: keep the best ``top_k`` citations (``None``: all positively scoring sentences).
         min_score: keep citations scoring above this many nats.
         used_min_score / used_min_share: a document is "used" when its leave-one-out score is
@@ -84,7 +92,17 @@ class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
         history_messages: keep only the latest this many history messages (``None``: all).
         citations_key / used_context_key / cited_answer_key: output key names.
         stream_input: in ``stream``, pass input chunks through (``False``: yield one final chunk).
+
+    Raises:
+        ConfigError: at construction, for a bad setting (unknown strategy, bad dtype or device,
+            negative ``top_k``, non-finite score threshold, ...), before any chain runs.
     """
+
+    # per-call keyword -> CiteOptions field
+    _CALL_OPTIONS: ClassVar[Mapping[str, str]] = {
+        "top_k": "top_k", "min_score": "min_score", "used_min_score": "used_min_score",
+        "used_min_share": "used_min_share", "id_key": "id_key",
+    }
 
     def __init__(
         self,
@@ -134,8 +152,11 @@ class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
         return self.scorer.resolve()
 
     # ------------------------------------------------------------------ core
-    def cite(self, values: Mapping[str, Any]) -> Cited:
-        """Cite the answer in ``values`` (blocking). The Runnable methods wrap this."""
+    def cite(self, values: Mapping[str, Any], options: CiteOptions | None = None) -> Cited:
+        """Cite the answer in ``values`` (blocking). The Runnable methods wrap this.
+
+        ``options`` replaces the constructor's citation options for this call.
+        """
         if not isinstance(values, Mapping):
             raise ChainInputError(
                 f"the citation step takes the chain's dict (question, documents, answer), got a "
@@ -147,32 +168,37 @@ class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
         question = question_text(values[qk], qk)
         documents = check_documents(values[dk], dk)
         history = chain_history(values, self.history_key, self.history_messages)
-        return cite(self.attributor, question, documents, values[ak], self.options, history)
+        options = options if options is not None else self.options
+        return cite(self.attributor, question, documents, values[ak], options, history)
 
-    def _additions(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        cited = self.cite(values)  # checks that ``values`` is a mapping
+    def _options(self, kwargs: Mapping[str, Any]) -> CiteOptions:
+        return call_options(self.options, kwargs, self._CALL_OPTIONS, type(self).__name__)
+
+    def _additions(self, values: Mapping[str, Any], options: CiteOptions | None = None) -> dict[str, Any]:
+        cited = self.cite(values, options)  # checks that ``values`` is a mapping
         out: dict[str, Any] = {self.citations_key: cited.citations, self.used_context_key: cited.used_context}
         if cited.cited_answer is not None:
             out[self.cited_answer_key] = cited.cited_answer
         return out
 
-    def _invoke(self, values: dict[str, Any]) -> dict[str, Any]:
-        additions = self._additions(values)
+    def _invoke(self, values: dict[str, Any], options: CiteOptions | None = None) -> dict[str, Any]:
+        additions = self._additions(values, options)
         return {**values, **additions}
 
-    async def _ainvoke(self, values: dict[str, Any]) -> dict[str, Any]:
-        return await run_in_executor(None, self._invoke, values)
+    async def _ainvoke(self, values: dict[str, Any], options: CiteOptions | None = None) -> dict[str, Any]:
+        return await run_in_executor(None, self._invoke, values, options)
 
     # ------------------------------------------------------------------ Runnable interface
     def invoke(self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
-        """Return ``input`` with the citations added (see the class docstring)."""
-        return self._call_with_config(self._invoke, input, config, **kwargs)
+        """Return ``input`` with the citations added; ``kwargs`` override options (see the class docstring)."""
+        # kwargs are resolved here, not forwarded: the inner functions take only the options
+        return self._call_with_config(self._invoke, input, config, options=self._options(kwargs))
 
     async def ainvoke(
         self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
     ) -> dict[str, Any]:
         """Async :meth:`invoke`; the model work runs in a worker thread."""
-        return await self._acall_with_config(self._ainvoke, input, config, **kwargs)
+        return await self._acall_with_config(self._ainvoke, input, config, options=self._options(kwargs))
 
     def _merge(self, final: AddableDict | None, chunk: Any) -> AddableDict:
         if not isinstance(chunk, Mapping):
@@ -182,7 +208,9 @@ class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
             )
         return AddableDict(chunk) if final is None else final + AddableDict(chunk)
 
-    def _transform(self, chunks: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def _transform(
+        self, chunks: Iterator[dict[str, Any]], options: CiteOptions | None = None
+    ) -> Iterator[dict[str, Any]]:
         final: AddableDict | None = None
         for chunk in chunks:
             final = self._merge(final, chunk)
@@ -190,10 +218,12 @@ class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
                 yield AddableDict(chunk)
         if final is None:
             raise ChainInputError("the citation step received no input")
-        additions = self._additions(final)
+        additions = self._additions(final, options)
         yield AddableDict(additions if self.stream_input else {**final, **additions})
 
-    async def _atransform(self, chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    async def _atransform(
+        self, chunks: AsyncIterator[dict[str, Any]], options: CiteOptions | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
         final: AddableDict | None = None
         async for chunk in chunks:
             final = self._merge(final, chunk)
@@ -201,20 +231,21 @@ class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
                 yield AddableDict(chunk)
         if final is None:
             raise ChainInputError("the citation step received no input")
-        additions = await run_in_executor(None, self._additions, final)
+        additions = await run_in_executor(None, self._additions, final, options)
         yield AddableDict(additions if self.stream_input else {**final, **additions})
 
     def transform(
         self, input: Iterator[dict[str, Any]], config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[dict[str, Any]]:
-        """Pass input chunks through as they arrive, then yield the citations."""
-        yield from self._transform_stream_with_config(input, self._transform, config, **kwargs)
+        """Pass input chunks through as they arrive, then yield the citations (``kwargs``: as :meth:`invoke`)."""
+        yield from self._transform_stream_with_config(input, self._transform, config, options=self._options(kwargs))
 
     async def atransform(
         self, input: AsyncIterator[dict[str, Any]], config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[dict[str, Any]]:
         """Async :meth:`transform`; the model work runs in a worker thread."""
-        async for chunk in self._atransform_stream_with_config(input, self._atransform, config, **kwargs):
+        options = self._options(kwargs)
+        async for chunk in self._atransform_stream_with_config(input, self._atransform, config, options=options):
             yield chunk
 
     def stream(

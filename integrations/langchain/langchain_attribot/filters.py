@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from attribot_rag import DEFAULT_MODEL, Attributor, PromptTemplate
 from langchain_core.documents import Document
@@ -16,6 +16,7 @@ from ._convert import (
     DOCUMENTS_KEYS,
     QUESTION_KEYS,
     CiteOptions,
+    call_options,
     chain_history,
     check_documents,
     check_history_messages,
@@ -49,6 +50,11 @@ class AttribotDocumentFilter(Runnable[dict[str, Any], list[Document]]):
     or call :meth:`filter_documents` directly. The default strategy, ``"documents"``, scores
     whole documents only (one forward pass per document), which is all a filter needs.
 
+    Per-call options: ``invoke``/``ainvoke``/``batch`` (and ``.bind(...)``) accept ``min_score``,
+    ``min_share`` and ``id_key`` as keyword arguments, overriding the constructor's values for
+    that call (``filter.bind(min_share=0.3)``). Other keywords are ignored with a ``UserWarning``,
+    as LangChain's prompts and parsers ignore keywords they do not take.
+
     Args:
         model, proxy, strategy, device, dtype, template, attributor, attributor_kwargs: the
             scoring model (see :class:`~langchain_attribot._settings.ScorerSettings`).
@@ -57,7 +63,16 @@ class AttribotDocumentFilter(Runnable[dict[str, Any], list[Document]]):
             For a share-only rule, set ``min_score=0.0``.
         question_key / documents_key / answer_key / id_key / history_key / history_messages: as in
             ``AttribotCitations`` (the answer is scored in its conversation, as there).
+
+    Raises:
+        ConfigError: at construction, for a bad setting (unknown strategy, bad dtype or device,
+            non-finite ``min_score``, ``min_share`` outside [0, 1], ...), before any chain runs.
     """
+
+    # per-call keyword -> CiteOptions field
+    _CALL_OPTIONS: ClassVar[Mapping[str, str]] = {
+        "min_score": "used_min_score", "min_share": "used_min_share", "id_key": "id_key",
+    }
 
     def __init__(
         self,
@@ -105,7 +120,7 @@ class AttribotDocumentFilter(Runnable[dict[str, Any], list[Document]]):
         """Async :meth:`filter_documents`; the model work runs in a worker thread."""
         return await run_in_executor(None, self.filter_documents, documents, question, answer)
 
-    def _from_values(self, values: Mapping[str, Any]) -> list[Document]:
+    def _from_values(self, values: Mapping[str, Any], options: CiteOptions | None = None) -> list[Document]:
         if not isinstance(values, Mapping):
             raise ChainInputError(
                 f"the filter takes the chain's dict (question, documents, answer), got a {type(values).__name__}"
@@ -115,18 +130,23 @@ class AttribotDocumentFilter(Runnable[dict[str, Any], list[Document]]):
         ak = pick_key(values, self.answer_key, ANSWER_KEYS, "answer")
         docs = check_documents(values[dk], dk)
         history = chain_history(values, self.history_key, self.history_messages)
-        return cite(self.scorer.resolve(), question_text(values[qk], qk), docs, values[ak], self.options,
-                    history).used_context
+        options = options if options is not None else self.options
+        question = question_text(values[qk], qk)
+        return cite(self.scorer.resolve(), question, docs, values[ak], options, history).used_context
 
-    async def _afrom_values(self, values: Mapping[str, Any]) -> list[Document]:
-        return await run_in_executor(None, self._from_values, values)
+    async def _afrom_values(self, values: Mapping[str, Any], options: CiteOptions | None = None) -> list[Document]:
+        return await run_in_executor(None, self._from_values, values, options)
+
+    def _options(self, kwargs: Mapping[str, Any]) -> CiteOptions:
+        return call_options(self.options, kwargs, self._CALL_OPTIONS, type(self).__name__)
 
     def invoke(self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any) -> list[Document]:
-        """The used documents of the chain's dict."""
-        return self._call_with_config(self._from_values, input, config, **kwargs)
+        """The used documents of the chain's dict; ``kwargs`` override options (see the class docstring)."""
+        # kwargs are resolved here, not forwarded: the inner functions take only the options
+        return self._call_with_config(self._from_values, input, config, options=self._options(kwargs))
 
     async def ainvoke(
         self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
     ) -> list[Document]:
         """Async :meth:`invoke`; the model work runs in a worker thread."""
-        return await self._acall_with_config(self._afrom_values, input, config, **kwargs)
+        return await self._acall_with_config(self._afrom_values, input, config, options=self._options(kwargs))

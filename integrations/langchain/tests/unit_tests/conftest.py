@@ -83,3 +83,29 @@ def prompt():
         ("system", "Answer from the documents.\n\n{context}"),
         ("human", "{question}"),
     ])
+
+
+@pytest.fixture
+def fake_loads(monkeypatch, lc_tiny):
+    """Named models "load" as fresh wrappers of the tiny model; yields the ``(name, device, dtype)`` calls.
+
+    Each load is a distinct ``LoadedModel`` (so a second load is visible); the cache entries and
+    attributors built on them are removed afterwards.
+    """
+    from attribot_rag import LoadedModel
+
+    import langchain_attribot._models as models
+
+    calls: list[tuple] = []
+
+    def fake_load(name, *, device=None, dtype=None):
+        calls.append((name, device, dtype))
+        return LoadedModel(name=name, model=lc_tiny.model, tokenizer=lc_tiny.tokenizer)
+
+    monkeypatch.setattr(models, "load_model", fake_load)
+    before = set(models._LOADED)
+    yield calls
+    with models._GUARD:
+        fakes = {id(models._LOADED.pop(k)) for k in set(models._LOADED) - before}
+        for key in [k for k, (_, held) in models._ATTRIBUTORS.items() if {id(m) for m in held} & fakes]:
+            del models._ATTRIBUTORS[key]

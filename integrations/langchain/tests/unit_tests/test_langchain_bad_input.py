@@ -123,3 +123,87 @@ def test_bad_options_are_config_errors_in_every_component(lc_tiny, kwargs):
     for component in (AttribotCitations, AttribotCallbackHandler):
         with pytest.raises(ConfigError, match="top_k|used-share"):
             component(lc_tiny, **kwargs)
+
+
+NAN, INF = float("nan"), float("inf")
+BAD_SETTINGS = [  # (settings, what the message says); named models: nothing may load to find out
+    ({"strategy": "hierarchial"}, "unknown strategy 'hierarchial': use 'auto'"),
+    ({"strategy": "proxy-prune"}, "needs a proxy model"),
+    ({"strategy": ["auto"]}, "pass a preset name or a Strategy"),
+    ({"dtype": "fp33"}, "dtype='fp33': use a torch.dtype or one of fp32"),
+    ({"dtype": 32}, "dtype=32: use a torch.dtype"),
+    ({"device": "gpu"}, "unknown device 'gpu': use 'cpu'"),
+    ({"min_score": NAN}, r"min_score\)? is nan: pass a finite number"),
+    ({"min_score": INF}, "is inf: pass a finite number"),
+    ({"min_score": "0.1"}, "is '0.1': pass a finite number"),
+    ({"attributor_kwargs": {"max_batch_sise": 4}}, "'max_batch_sise', which is not an Attributor option"),
+    ({"attributor_kwargs": {"max_batch_size": [4]}}, r"\['max_batch_size'\] = \[4\] is unhashable"),
+    ({"attributor_kwargs": {"overflow": "truncate"}}, "unknown overflow policy 'truncate'"),
+    ({"attributor_kwargs": {"strategy": "auto"}}, "pass it as its own argument"),
+    ({"template": "Answer: {question}"}, "template=str: pass an attribot_rag.PromptTemplate"),
+    ({"attributor": "smollm2-135m"}, "attributor=str: pass an attribot_rag.Attributor"),
+    ({"proxy": 3}, "proxy=int: pass an embedded short name"),
+    ({"id_key": 0}, "id_key=0: pass the metadata key"),
+]
+
+
+@pytest.mark.parametrize("settings,message", BAD_SETTINGS, ids=[str(s) for s, _ in BAD_SETTINGS])
+@pytest.mark.parametrize("component", [AttribotCitations, AttribotCallbackHandler, AttribotDocumentFilter])
+def test_bad_settings_fail_at_construction(monkeypatch, component, settings, message):
+    """Before the fix they failed at the first invoke, after the chain's LLM had already run."""
+    from attribot_rag import ConfigError
+
+    import langchain_attribot._models as models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("constructing a component loaded a model"))
+    with pytest.raises(ConfigError, match=message):
+        component("settings-test-model", **settings)
+
+
+@pytest.mark.parametrize("component", [AttribotCitations, AttribotCallbackHandler])
+def test_bad_used_min_score_fails_at_construction(component):
+    from attribot_rag import ConfigError
+
+    with pytest.raises(ConfigError, match="used-score threshold .* is nan"):
+        component("settings-test-model", used_min_score=NAN)
+
+
+def test_device_or_dtype_with_a_model_object_is_refused(lc_tiny):
+    from attribot_rag import ConfigError
+
+    for component in (AttribotCitations, AttribotCallbackHandler, AttribotDocumentFilter):
+        with pytest.raises(ConfigError, match="device= and dtype= apply to models loaded by name"):
+            component(lc_tiny, dtype="fp32")
+        with pytest.raises(ConfigError, match="device= and dtype= apply to models loaded by name"):
+            component("settings-test-model", proxy=lc_tiny, device="cpu", strategy="proxy-prune")
+
+
+def test_a_bad_step_fails_before_the_chain_calls_the_llm(lc_tiny, prompt, fake_llm, retriever):
+    from attribot_rag import ConfigError
+
+    calls = []
+    llm = RunnableLambda(lambda p: calls.append(p) or fake_llm.invoke(p))
+    with pytest.raises(ConfigError, match="unknown strategy"):
+        chain = (RunnableParallel(context=retriever, question=RunnablePassthrough())
+                 | RunnablePassthrough.assign(answer=prompt | llm | StrOutputParser())
+                 | AttribotCitations(lc_tiny, strategy="hierarchial"))
+        chain.invoke(QUESTION)
+    assert calls == []
+
+
+def test_bad_chat_model_settings_fail_at_construction(lc_tiny):
+    from attribot_rag import ConfigError
+
+    from langchain_attribot import ChatAttribot
+
+    for settings, message in [({"dtype": "fp33"}, "dtype='fp33'"), ({"device": "gpu"}, "unknown device 'gpu'"),
+                              ({"model": 3}, "model=int"), ({"max_new_tokens": 0}, "int >= 1")]:
+        with pytest.raises(ConfigError, match=message):
+            ChatAttribot(**{"model": "settings-test-model", **settings})
+
+
+def test_callback_handler_max_results_must_be_positive():
+    from attribot_rag import ConfigError
+
+    with pytest.raises(ConfigError, match="max_results=0"):
+        AttribotCallbackHandler("settings-test-model", max_results=0)

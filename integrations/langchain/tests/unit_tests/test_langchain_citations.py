@@ -361,3 +361,29 @@ def test_numpy_metadata_stays_numeric(lc_tiny, values, docs):
     assert type(meta["score"]) is float and meta["score"] == 0.5 and type(meta["page"]) is int and meta["page"] == 3
     assert meta["bad"] == "nan"
     json.dumps(cites)
+
+
+def test_bind_and_call_kwargs_override_options(lc_tiny, values):
+    from attribot_rag import ConfigError
+
+    step = AttribotCitations(lc_tiny, top_k=5, used_min_score=0.0)
+    full = step.invoke(values)
+    assert len(full["citations"]) >= 2 and full["used_context"]  # else the overrides below would prove nothing
+    bound = step.bind(top_k=1, used_min_score=1e9)
+    one = bound.invoke(values)
+    assert one["citations"] == full["citations"][:1] and one["used_context"] == []
+    assert step.invoke(values, top_k=1)["citations"] == one["citations"]
+    assert asyncio.run(bound.ainvoke(values))["citations"] == one["citations"]
+    assert [o["citations"] for o in bound.batch([values, values])] == [one["citations"]] * 2
+    assert [o["citations"] for o in asyncio.run(bound.abatch([values]))] == [one["citations"]]
+    assert _sum(list(bound.stream(values)))["citations"] == one["citations"]
+
+    async def astream():
+        return [c async for c in bound.astream(values)]
+
+    assert _sum(asyncio.run(astream()))["citations"] == one["citations"]
+    assert step.options.top_k == 5 and step.invoke(values)["citations"] == full["citations"]  # per call only
+    with pytest.warns(UserWarning, match=r"AttribotCitations ignores the keyword argument\(s\) \['topk'\]"):
+        assert step.bind(topk=1).invoke(values)["citations"] == full["citations"]
+    with pytest.raises(ConfigError, match="top_k=-1"):
+        step.bind(top_k=-1).invoke(values)

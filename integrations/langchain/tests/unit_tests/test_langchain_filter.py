@@ -52,3 +52,23 @@ def test_filter_as_a_runnable_sync_and_async(lc_tiny, values):
 def test_filter_rejects_a_bad_share():
     with pytest.raises(ValueError, match="min_share"):
         AttribotDocumentFilter(min_share=1.5)
+
+
+def test_bind_and_call_kwargs_override_options(lc_tiny, docs):
+    from attribot_rag import ConfigError
+
+    values = {"question": QUESTION, "context": docs, "answer": ANSWER}
+    f = AttribotDocumentFilter(lc_tiny, min_score=1e9)
+    assert f.invoke(values) == []
+    keep_all = f.bind(min_score=-1e9)
+    assert [d.id for d in keep_all.invoke(values)] == [d.id for d in docs]
+    assert [d.id for d in f.invoke(values, min_score=-1e9)] == [d.id for d in docs]
+    assert [d.id for d in asyncio.run(keep_all.ainvoke(values))] == [d.id for d in docs]
+    assert [len(x) for x in keep_all.batch([values, values])] == [len(docs)] * 2
+    share_rule = AttribotDocumentFilter(lc_tiny, min_score=0.0, min_share=0.5).invoke(values)
+    assert f.bind(min_score=0.0, min_share=0.5).invoke(values) == share_rule
+    assert f.invoke(values) == []  # per call only
+    with pytest.warns(UserWarning, match=r"ignores the keyword argument\(s\) \['min_shar'\]"):
+        assert f.bind(min_shar=0.5).invoke(values) == []
+    with pytest.raises(ConfigError, match="share in"):
+        f.bind(min_share=2.0).invoke(values)
