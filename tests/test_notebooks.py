@@ -84,8 +84,8 @@ def test_notebook_runs(path):
 
 @pytest.mark.slow
 def test_benchmark_notebook_draws_a_committed_faithfulness_result(tmp_path):
-    """No faithfulness run is committed yet: the Pareto cell is exercised on a stand-in summary
-    in the shape ``benchmarks/faithfulness.py`` writes (made-up numbers, never committed)."""
+    """The Pareto cell on a stand-in summary in the shape ``benchmarks/faithfulness.py`` writes
+    (made-up numbers, never committed), independent of which real runs are committed."""
     import shutil
 
     for f in (ROOT / "benchmarks" / "results").glob("*.json"):

@@ -87,3 +87,15 @@ def test_memory_and_throughput_figures():
                 f"{r['mean_record_seconds']:.1f} |") in README, label
     best_local = max(runs["local-1t"]["records_per_second"], runs["local-2t"]["records_per_second"])
     assert f"by {runs['ray-2x1']['records_per_second'] / best_local:.2f}x" in README
+
+
+def test_gpu_speed_figures():
+    stem = "gpu_speed_llama-3.1-8b_proxy_llama-3.2-1b_bf16"
+    results = ROOT / "benchmarks" / "results"
+    assert (results / f"{stem}.md").read_text(encoding="utf-8").strip() in README  # the generated table
+    m = _load(results / f"{stem}.json")["methods"]
+    default = m["default (auto = hierarchical, top-3 docs)"]
+    assert f"default is {default['speedup_vs_naive']:.1f}x faster than naive exact LOO" in README
+    assert f"({default['attribution_over_generation']:.2f}x) with the default" in " ".join(README.split())
+    cached = m["cached+batched exact LOO"]["speedup_vs_naive"]
+    assert f"cached+batched is {cached:.1f}x naive" in " ".join(README.split())
