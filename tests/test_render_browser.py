@@ -151,7 +151,7 @@ def test_saved_html_in_headless_chromium(browser, rendered_result, tmp_path):
     highlighted = [s for s in probe["sentences"] if s["bg"] not in ("rgba(0, 0, 0, 0)", "transparent")]
     expected = [sc for sc in flat if sc.scored and score_colour(sc.score, 6.2)]
     assert len(highlighted) == len(expected) >= 5
-    assert len(probe["markers"]) == sum(len(v) for v in rendered_result.answer_marks().values()) >= 3
+    assert len(probe["markers"]) == sum(len(v) for v in rendered_result.answer_marks().values()) >= 2
 
     # Legible: non-zero boxes inside the page, readable size and contrast, nothing overlapping.
     checked = highlighted + probe["markers"] + probe["answer"]
