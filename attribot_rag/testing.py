@@ -80,3 +80,27 @@ def tiny_loaded_model(seed: int = 0, name: str = "tiny"):
 
     tok = tiny_tokenizer()
     return LoadedModel(name=name, model=tiny_model(len(tok), seed=seed), tokenizer=tok)
+
+
+async def with_ticker(work, interval: float = 0.0):
+    """Await ``work`` (a coroutine function of no arguments) while a task counts event-loop turns.
+
+    Returns ``(ticks, result)``: a call that blocks the loop lets the ticker run only around it,
+    one that runs its work off the loop lets it tick throughout.
+    """
+    import asyncio
+
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(interval)
+
+    task = asyncio.create_task(ticker())
+    try:
+        result = await work()
+    finally:
+        task.cancel()
+    return ticks, result

@@ -104,21 +104,10 @@ def test_aattribute_does_not_block_the_event_loop(tiny):
 
     att.target.engine._forward = spy
 
-    async def main():
-        ticks = 0
+    from attribot_rag.testing import with_ticker
 
-        async def ticker():
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0)
-
-        task = asyncio.create_task(ticker())
-        await att.aattribute(Q, _sources(), A)
-        task.cancel()
-        return ticks
-
-    assert asyncio.run(main()) > 10
+    ticks, _ = asyncio.run(with_ticker(lambda: att.aattribute(Q, _sources(), A)))
+    assert ticks > 10
     assert worker_threads and loop_thread not in worker_threads
 
 

@@ -76,25 +76,17 @@ def test_async_generation_does_not_block_the_event_loop(local_llm):
     text = local_llm.complete("Who built the tower?").text
     model.generate = slow_generate
     try:
-        async def main():
-            ticks = 0
-
-            async def ticker():
-                nonlocal ticks
-                while True:
-                    ticks += 1
-                    await asyncio.sleep(0.01)
-
-            task = asyncio.create_task(ticker())
+        async def calls():
             done = await local_llm.acomplete("Who built the tower?")
             chat = await local_llm.achat([ChatMessage(role="user", content="Who built the tower?")])
             stream = [r async for r in await local_llm.astream_complete("Who built the tower?")]
             chat_stream = [r async for r in await local_llm.astream_chat(
                 [ChatMessage(role="user", content="Who built the tower?")])]
-            task.cancel()
-            return ticks, done, chat, stream, chat_stream
+            return done, chat, stream, chat_stream
 
-        ticks, done, chat, stream, chat_stream = asyncio.run(main())
+        from attribot_rag.testing import with_ticker
+
+        ticks, (done, chat, stream, chat_stream) = asyncio.run(with_ticker(calls, interval=0.01))
     finally:
         del model.generate  # the instance attribute shadowed the class method
     assert ticks >= 4 * 15  # four 0.3 s generations, a tick every 10 ms while each runs
