@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +95,7 @@ def load_docs(path: str | Path) -> list[Source]:
 def _check(docs: list[Source], p: Path) -> list[Source]:
     if not docs:
         raise DocsFileError(f"{p} holds no documents")
-    seen: set[str] = set()
-    dup = {d.id for d in docs if d.id in seen or seen.add(d.id)}
+    dup = {i for i, n in Counter(d.id for d in docs).items() if n > 1}
     if dup:
         raise DocsFileError(f"{p}: duplicate document ids {sorted(dup)}; ids must be unique")
     return docs

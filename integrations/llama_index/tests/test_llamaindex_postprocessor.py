@@ -261,6 +261,12 @@ def test_postprocessors_and_llm_share_one_model_per_process(tiny, monkeypatch):
         assert loads == ["m"] and a.target.loaded is b.target.loaded is llm.loaded
         AttribotNodePostprocessor(target="m", dtype="bf16", device="cpu").get_attributor()
         assert loads == ["m", "m"]  # another dtype is another copy
+        from attribot_rag.models import default_dtype
+
+        default = AttribotNodePostprocessor(target="m", device="cpu").get_attributor()  # dtype None
+        named = "fp32" if str(default_dtype("cpu")) == "torch.float32" else "bf16"
+        assert AttribotNodePostprocessor(target="m", dtype=named, device="cpu").get_attributor().target.loaded \
+            is default.target.loaded and loads == ["m", "m"]  # the device's default dtype is the same copy
     finally:
         clear_model_cache()
 

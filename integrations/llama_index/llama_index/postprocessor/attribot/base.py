@@ -29,7 +29,7 @@ from attribot_rag import (
     load_model,
 )
 from attribot_rag.attributor import resolve_strategy
-from attribot_rag.models import _as_dtype, default_device
+from attribot_rag.models import _as_dtype, default_device, default_dtype
 from llama_index.core.bridge.pydantic import Field, field_validator, model_validator
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
@@ -60,7 +60,9 @@ def shared_model(name: str, dtype: Any = None, device: str | None = None) -> Loa
     """The process-wide copy of a model loaded by name: every postprocessor, engine wrapper and
     :class:`AttribotLLM` asking for the same (model, dtype, device) holds one set of weights.
     A chat engine built per session therefore does not reload the model per session."""
-    key = (name, _as_dtype(dtype), device or default_device())
+    device_key = device or default_device()
+    # keyed by the dtype it would load with: None (the device's default) and "fp32" can be one copy
+    key = (name, _as_dtype(dtype) or default_dtype(device_key), device_key)
     with _BUILD_LOCK:
         if key not in _MODELS:
             _MODELS[key] = load_model(name, device=device, dtype=dtype)
