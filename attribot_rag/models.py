@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -22,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -454,6 +456,104 @@ def load_model(
         raise ModelError(f"could not load model {name!r} from {folder}: {type(exc).__name__}: {exc}") from exc
     model.to(device).eval()
     return LoadedModel(name=name, model=model, tokenizer=tokenizer)
+
+
+# ------------------------------------------------------------------------------ process-wide sharing
+_SHARED_GUARD = threading.Lock()  # guards the two dictionaries below; never held while loading
+_SHARED: dict[tuple, LoadedModel] = {}
+_SHARED_LOADING: dict[tuple, threading.Lock] = {}
+
+
+@functools.cache
+def _default_dtype_name(device: str) -> str:
+    return dtype_name(default_dtype(device))  # reads /proc/cpuinfo: once per device
+
+
+def dtype_name(dtype: Any) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"`` (for keys, logs and tracing metadata)."""
+    return str(dtype).replace("torch.", "")
+
+
+def _device_key(device: str | None) -> str:
+    """The device ``load_model`` would use: ``None`` is the default device, ``"cuda"`` the current GPU."""
+    import torch
+
+    name = device or default_device()
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        return str(name)  # load_model reports the bad device
+    if dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return str(dev)
+
+
+def _dtype_key(dtype: Any, device: str) -> str:
+    """The dtype ``load_model`` would use, by name (``"fp32"``, ``torch.float32`` and ``None`` on a CPU
+    without bf16 are all ``"float32"``), so the same weights are not loaded twice."""
+    try:
+        resolved = _as_dtype(dtype)
+    except (ModelError, TypeError):
+        return repr(dtype)  # load_model reports the bad dtype
+    return _default_dtype_name(device) if resolved is None else dtype_name(resolved)
+
+
+def _shared_key(model: Any, device: str | None, dtype: Any) -> tuple:
+    """A named model keys by what it would load as; objects key by identity (the entry keeps them alive)."""
+    if isinstance(model, str):
+        dev = _device_key(device)
+        return ("name", model, dev, _dtype_key(dtype, dev))
+    if isinstance(model, tuple):
+        return ("pair", id(model[0]), id(model[1]))
+    return ("object", id(model))
+
+
+def shared_model(model: Any = DEFAULT_MODEL, *, device: str | None = None, dtype: Any = None) -> LoadedModel:
+    """The process-wide :class:`LoadedModel` for ``model``: loaded on first use, shared afterwards.
+
+    ``model`` is anything :func:`load_model` takes, a :class:`LoadedModel` (returned as is), or a
+    ``(model, tokenizer)`` pair (wrapped once). A named model is one copy per device and dtype it
+    would load with, however they are spelled (``device=None`` vs ``"cpu"``, ``"fp32"`` vs
+    ``torch.float32``), so every integration object, thread and event loop asking for it holds one
+    set of weights. Concurrent first calls load it once; the others wait.
+    """
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    if isinstance(model, tuple):
+        if len(model) != 2:
+            raise ModelError(f"a model given as a tuple must be (model, tokenizer); got {len(model)} items")
+        key = _shared_key(model, device, dtype)
+        with _SHARED_GUARD:
+            if key not in _SHARED:
+                m, tok = model
+                name = getattr(getattr(m, "config", None), "_name_or_path", None) or type(m).__name__
+                _SHARED[key] = LoadedModel(name=name, model=m, tokenizer=tok)
+            return _SHARED[key]
+    if not isinstance(model, str):
+        raise ModelError(f"cannot load a model from {type(model).__name__}: pass an embedded name, a local "
+                         "path, a Hugging Face id, a LoadedModel or a (model, tokenizer) pair")
+    key = _shared_key(model, device, dtype)
+    with _SHARED_GUARD:
+        if key in _SHARED:
+            return _SHARED[key]
+        loading = _SHARED_LOADING.setdefault(key, threading.Lock())
+    with loading:  # one loader per key; later arrivals find it in the cache
+        with _SHARED_GUARD:
+            if key in _SHARED:
+                return _SHARED[key]
+        loaded = load_model(model, device=device, dtype=dtype)
+        with _SHARED_GUARD:
+            _SHARED[key] = loaded
+            _SHARED_LOADING.pop(key, None)
+        return loaded
+
+
+def clear_model_cache() -> None:
+    """Forget every shared model (each is freed once nothing else holds it)."""
+    with _SHARED_GUARD:
+        _SHARED.clear()
 
 
 def describe_tokenizer_pair(target: LoadedModel, proxy: LoadedModel) -> str:

@@ -276,3 +276,52 @@ def test_remote_code_stays_off_unless_asked(tmp_path, monkeypatch, tiny):
     load_model(tmp_path, device="cpu", dtype="fp32")
     load_model(tmp_path, device="cpu", dtype="fp32", trust_remote_code=True)
     assert seen == [False, False, True, True]
+
+
+def test_shared_model_is_one_copy_per_model_device_and_dtype(monkeypatch, tiny):
+    """One copy however device/dtype are spelled; concurrent first calls load once; objects pass through."""
+    import threading
+    import time
+
+    import torch
+
+    from attribot_rag import LoadedModel, clear_model_cache, shared_model
+
+    calls = []
+
+    def fake_load(name, *, device=None, dtype=None):
+        calls.append((name, device, dtype))
+        time.sleep(0.2)  # every thread arrives while the first load runs
+        return LoadedModel(name=name, model=tiny.model, tokenizer=tiny.tokenizer)
+
+    monkeypatch.setattr(M, "load_model", fake_load)
+    clear_model_cache()
+    try:
+        got = []
+        threads = [threading.Thread(target=lambda: got.append(shared_model("m", device="cpu", dtype="fp32")))
+                   for _ in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(calls) == 1 and len({id(g) for g in got}) == 1
+        first = got[0]
+        assert shared_model("m", device=None, dtype=torch.float32) is first  # None is the default device: CPU here
+        assert shared_model("m", device="cpu", dtype="float32") is first
+        default = "fp32" if M.default_dtype("cpu") == torch.float32 else "bf16"
+        assert shared_model("m", device="cpu", dtype=None) is shared_model("m", device="cpu", dtype=default)
+        assert shared_model("m", device="cpu", dtype="fp16") is not first  # another dtype: another copy
+        loaded = LoadedModel(name="x", model=tiny.model, tokenizer=tiny.tokenizer)
+        assert shared_model(loaded) is loaded
+        pair = (tiny.model, tiny.tokenizer)
+        wrapped = shared_model(pair)
+        assert wrapped.model is tiny.model and shared_model(pair) is wrapped
+        with pytest.raises(ModelError, match=r"\(model, tokenizer\)"):
+            shared_model((tiny.model,))
+        with pytest.raises(ModelError, match="cannot load a model from int"):
+            shared_model(3)
+        n = len(calls)
+        clear_model_cache()
+        assert shared_model("m", device="cpu", dtype="fp32") is not first and len(calls) == n + 1
+    finally:
+        clear_model_cache()

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from attribot_rag import DEFAULT_MODEL, ConfigError, LoadedModel
-from attribot_rag.models import _as_dtype
+from attribot_rag.models import _as_dtype, dtype_name
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
@@ -16,7 +16,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field
 
-from ._models import ModelLike, _dtype_name, model_lock, shared_model
+from ._models import ModelLike, model_lock, shared_model
 from ._settings import check_model, check_model_settings
 
 _ROLES = {"system": "system", "human": "user", "ai": "assistant"}
@@ -106,7 +106,7 @@ class ChatAttribot(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        dtype = None if self.dtype is None else _dtype_name(_as_dtype(self.dtype))  # "fp32" == torch.float32
+        dtype = None if self.dtype is None else dtype_name(_as_dtype(self.dtype))  # "fp32" == torch.float32
         return {"model": _model_name(self.model), "max_new_tokens": self.max_new_tokens, "dtype": dtype}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:

@@ -248,11 +248,12 @@ def test_bad_settings_fail_when_built_not_after_the_turn(retriever, llm, attribu
 
 
 def test_postprocessors_and_llm_share_one_model_per_process(tiny, monkeypatch):
-    import llama_index.postprocessor.attribot.base as base
+    import attribot_rag.models as core_models
+
     from llama_index.postprocessor.attribot import AttribotLLM, clear_model_cache
 
     loads = []
-    monkeypatch.setattr(base, "load_model", lambda name, device=None, dtype=None: loads.append(name) or tiny)
+    monkeypatch.setattr(core_models, "load_model", lambda name, device=None, dtype=None: loads.append(name) or tiny)
     clear_model_cache()
     try:
         a = AttribotNodePostprocessor(target="m", dtype="fp32", device="cpu").get_attributor()

@@ -92,6 +92,7 @@ def fake_loads(monkeypatch, lc_tiny):
     Each load is a distinct ``LoadedModel`` (so a second load is visible); the cache entries and
     attributors built on them are removed afterwards.
     """
+    import attribot_rag.models as core_models
     from attribot_rag import LoadedModel
 
     import langchain_attribot._models as models
@@ -102,10 +103,10 @@ def fake_loads(monkeypatch, lc_tiny):
         calls.append((name, device, dtype))
         return LoadedModel(name=name, model=lc_tiny.model, tokenizer=lc_tiny.tokenizer)
 
-    monkeypatch.setattr(models, "load_model", fake_load)
-    before = set(models._LOADED)
+    monkeypatch.setattr(core_models, "load_model", fake_load)
+    before = set(core_models._SHARED)
     yield calls
     with models._GUARD:
-        fakes = {id(models._LOADED.pop(k)) for k in set(models._LOADED) - before}
+        fakes = {id(core_models._SHARED.pop(k)) for k in set(core_models._SHARED) - before}
         for key in [k for k, (_, held) in models._ATTRIBUTORS.items() if {id(m) for m in held} & fakes]:
             del models._ATTRIBUTORS[key]

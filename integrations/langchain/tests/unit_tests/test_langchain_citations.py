@@ -251,6 +251,8 @@ def test_ainvoke_does_not_block_the_event_loop(lc_tiny, values):
 
 
 def test_model_is_loaded_once_and_shared(monkeypatch, lc_tiny):
+    import attribot_rag.models as core_models
+
     import langchain_attribot._models as models
 
     calls = []
@@ -260,7 +262,7 @@ def test_model_is_loaded_once_and_shared(monkeypatch, lc_tiny):
         time.sleep(0.2)  # a slow load: every thread arrives while it runs
         return lc_tiny
 
-    monkeypatch.setattr(models, "load_model", fake_load)
+    monkeypatch.setattr(core_models, "load_model", fake_load)
     key = "not-a-real-model-name"
     results = []
     threads = [threading.Thread(target=lambda: results.append(shared_model(key, dtype="fp32"))) for _ in range(6)]

@@ -8,6 +8,7 @@
 """
 
 from attribot_rag import EmptyAnswerError, InputError, NoSourcesError
+from attribot_rag.models import clear_model_cache
 
 from .base import (
     ATTRIBUTION_SCORE_KEY,
@@ -17,7 +18,6 @@ from .base import (
     AttribotNodePostprocessor,
     AttributedNodes,
     NodeTextError,
-    clear_model_cache,
     shared_model,
 )
 from .chat_engine import AttributedChatEngine, AttributedStreamingChatResponse

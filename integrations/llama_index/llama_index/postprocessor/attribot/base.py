@@ -26,10 +26,10 @@ from attribot_rag import (
     PromptTemplate,
     Source,
     Strategy,
-    load_model,
 )
 from attribot_rag.attributor import resolve_strategy
-from attribot_rag.models import _as_dtype, default_device, default_dtype
+from attribot_rag.models import _as_dtype
+from attribot_rag.models import shared_model as core_shared_model
 from llama_index.core.bridge.pydantic import Field, field_validator, model_validator
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
@@ -51,28 +51,16 @@ ATTRIBUTION_SCORE_KEY = "attribution_score"
 #: Node metadata key holding the node's share of the total positive attribution score.
 ATTRIBUTION_SHARE_KEY = "attribution_share"
 _ADDED_KEYS = (RETRIEVAL_SCORE_KEY, ATTRIBUTION_SCORE_KEY, ATTRIBUTION_SHARE_KEY)
-# Guards the lazy model load; module-level so postprocessors stay deep-copyable and picklable.
+# Guards the lazy attributor build; module-level so postprocessors stay deep-copyable and picklable.
 _BUILD_LOCK = threading.RLock()
-_MODELS: dict[tuple[Any, ...], LoadedModel] = {}
 
 
 def shared_model(name: str, dtype: Any = None, device: str | None = None) -> LoadedModel:
-    """The process-wide copy of a model loaded by name: every postprocessor, engine wrapper and
-    :class:`AttribotLLM` asking for the same (model, dtype, device) holds one set of weights.
-    A chat engine built per session therefore does not reload the model per session."""
-    device_key = device or default_device()
-    # keyed by the dtype it would load with: None (the device's default) and "fp32" can be one copy
-    key = (name, _as_dtype(dtype) or default_dtype(device_key), device_key)
-    with _BUILD_LOCK:
-        if key not in _MODELS:
-            _MODELS[key] = load_model(name, device=device, dtype=dtype)
-        return _MODELS[key]
-
-
-def clear_model_cache() -> None:
-    """Forget the shared models (they are freed once no postprocessor or LLM holds them)."""
-    with _BUILD_LOCK:
-        _MODELS.clear()
+    """The process-wide copy of a model loaded by name (:func:`attribot_rag.models.shared_model`):
+    every postprocessor, engine wrapper and :class:`AttribotLLM` asking for the same (model, dtype,
+    device), and any LangChain component, holds one set of weights. A chat engine built per session
+    therefore does not reload the model per session. ``clear_model_cache()`` forgets them."""
+    return core_shared_model(name, dtype=dtype, device=device)
 
 
 class NodeTextError(InputError):
