@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -61,19 +62,20 @@ class Citation:
         return d
 
 
-def _jsonable(value: Any) -> Any:
-    """``value`` made strict JSON: NaN/inf -> None, numpy numbers -> numbers, keys -> str, others -> str."""
-    if isinstance(value, dict):
-        return {k if isinstance(k, str) else str(_jsonable(k)): _jsonable(v) for k, v in value.items()}
+def jsonable(value: Any) -> Any:
+    """``value`` made strict JSON: NaN/inf -> None, numpy numbers and arrays -> numbers and lists,
+    mapping keys -> str, anything else -> its ``str`` (metadata can hold anything)."""
+    if isinstance(value, Mapping):
+        return {k if isinstance(k, str) else str(jsonable(k)): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if value is None or isinstance(value, (str, bool)):
         return value
     if isinstance(value, numbers.Real) or hasattr(value, "tolist"):
         value = _json_default(value)
         if isinstance(value, float):
             return value if math.isfinite(value) else None
-        return _jsonable(value) if isinstance(value, list) else value
+        return jsonable(value) if isinstance(value, list) else value
     return str(value)
 
 
@@ -231,7 +233,7 @@ class AttributionResult:
         cannot hold are written as numbers when they are numbers (numpy scalars and arrays), NaN and
         infinities as ``null``, anything else (and non-string keys) as its ``str``."""
         kwargs.setdefault("allow_nan", False)
-        return json.dumps(_jsonable(self.to_dict(top_k=top_k)), **kwargs)
+        return json.dumps(jsonable(self.to_dict(top_k=top_k)), **kwargs)
 
     # Visual citations (see :mod:`attribot_rag.render`).
     def to_html(self, **kwargs: Any) -> str:

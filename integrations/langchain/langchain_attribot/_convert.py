@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from attribot_rag import AttributionResult, Attributor, ConfigError, EmptyAnswerError, NoSourcesError, Source
+from attribot_rag.result import jsonable
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, message_chunk_to_message
 
@@ -243,23 +244,6 @@ def document_ids(documents: Sequence[Document], id_key: str | None = None) -> li
             )
         seen[doc_id] = i
     return ids
-
-
-def jsonable(value: Any) -> Any:
-    """``value`` with anything JSON cannot hold replaced by its ``str`` (metadata can hold anything)."""
-    if value is None or isinstance(value, (str, bool, int)):
-        return value
-    # numbers.* covers numpy scalars (vector stores return np.float32 scores): keep them numbers
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        value = float(value)
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    return str(value)
 
 
 def to_sources(documents: Sequence[Document], id_key: str | None = None) -> list[Source]:
