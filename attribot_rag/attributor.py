@@ -26,6 +26,8 @@ from .errors import (
     InputError,
     NonFiniteScoreError,
     NoSourcesError,
+    is_count,
+    is_finite_number,
 )
 from .models import DEFAULT_MODEL, LoadedModel, describe_tokenizer_pair, load_model
 from .prompt import Ablation, History, PromptBuilder, PromptTemplate, as_history
@@ -64,12 +66,9 @@ class Strategy:
             raise ConfigError(f"unknown level {self.level!r}: use 'sentence', 'hierarchical' or 'document'")
         for key in ("keep_top_k", "prune_top_k"):
             k = getattr(self, key)
-            if k is not None and (not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1):
+            if k is not None and not is_count(k, 1):
                 raise ConfigError(f"{key} must be an int >= 1 (or None), got {k!r}")
-        if self.keep_share is not None and (
-            not isinstance(self.keep_share, numbers.Real) or isinstance(self.keep_share, bool)
-            or not 0 < self.keep_share <= 1
-        ):
+        if self.keep_share is not None and not (is_finite_number(self.keep_share) and 0 < self.keep_share <= 1):
             raise ConfigError(f"keep_share must be a number in (0, 1] (or None), got {self.keep_share!r}")
         if self.prune_top_k is not None and self.level == "document":
             raise ConfigError("prune_top_k shortlists sentences for the target to rescore, and level='document' "
@@ -298,7 +297,7 @@ class Attributor:
         return self._generate(question, srcs, max_new_tokens, as_history(history))[0]
 
     def _generate(self, question: str, sources, max_new_tokens: int, history: History = ()) -> tuple[str, float]:
-        if not isinstance(max_new_tokens, numbers.Integral) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        if not is_count(max_new_tokens, 1):
             raise ConfigError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
         start = time.perf_counter()
         loaded = self.target.loaded

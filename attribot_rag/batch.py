@@ -39,7 +39,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import AttribotError, BatchError, ConfigError, EmptyAnswerError, InputError, UnknownModelError
+from .errors import (
+    AttribotError,
+    BatchError,
+    ConfigError,
+    EmptyAnswerError,
+    InputError,
+    UnknownModelError,
+    is_count,
+    is_finite_number,
+)
 from .models import DEFAULT_MODEL, REGISTRY
 
 logger = logging.getLogger("attribot_rag")
@@ -115,8 +124,8 @@ def plan_shards(path: str | os.PathLike, shard_size: int) -> list[Shard]:
 
     Blank JSONL lines are not records. Shards are numbered from 0 in input order.
     """
-    if shard_size < 1:
-        raise ConfigError("shard_size must be >= 1")
+    if not is_count(shard_size, 1):
+        raise ConfigError(f"shard_size must be an int >= 1, got {shard_size!r}")
     p = Path(path)
     shards: list[Shard] = []
     if input_format(p) == "jsonl":
@@ -682,19 +691,23 @@ def run_batch(
         raise ConfigError(f"unknown engine {engine!r}: use 'local' or 'ray'")
     if output_format not in OUTPUT_FORMATS:
         raise ConfigError(f"unknown output format {output_format!r}: use 'jsonl' or 'parquet'")
-    if top_k is not None and top_k < 1:
-        raise ConfigError("top_k must be >= 1 (or None for every positive citation)")
-    if threads is not None and threads < 1:
-        raise ConfigError("threads must be >= 1 (or None for torch's default)")
+    if top_k is not None and not is_count(top_k, 1):
+        raise ConfigError(f"top_k must be an int >= 1 (or None for every positive citation), got {top_k!r}")
+    if threads is not None and not is_count(threads, 1):
+        raise ConfigError(f"threads must be an int >= 1 (or None for torch's default), got {threads!r}")
     if engine == "ray":
         _check_model_spec(target, "target")
         _check_model_spec(proxy, "proxy")
-        if not cpus_per_actor > 0 or (gpus_per_actor is not None and gpus_per_actor < 0):
-            raise ConfigError("cpus_per_actor must be > 0 and gpus_per_actor >= 0 (or None for one per GPU)")
-        if (ray_init_kwargs or {}).get("num_cpus", 1) < 1:
-            raise ConfigError("the local Ray instance needs num_cpus >= 1 (--ray-cpus)")
-        if num_actors is not None and num_actors < 1:
-            raise ConfigError("num_actors must be >= 1 (or None: one per GPU, or per cpus_per_actor CPUs)")
+        if not (is_finite_number(cpus_per_actor) and cpus_per_actor > 0) or (
+            gpus_per_actor is not None and not (is_finite_number(gpus_per_actor) and gpus_per_actor >= 0)
+        ):
+            raise ConfigError(f"cpus_per_actor must be a number > 0 and gpus_per_actor >= 0 (or None for one per "
+                              f"GPU), got {cpus_per_actor!r} and {gpus_per_actor!r}")
+        if not is_count((ray_init_kwargs or {}).get("num_cpus", 1), 1):
+            raise ConfigError("the local Ray instance needs num_cpus, an int >= 1 (--ray-cpus)")
+        if num_actors is not None and not is_count(num_actors, 1):
+            raise ConfigError(f"num_actors must be an int >= 1 (or None: one per GPU, or per cpus_per_actor CPUs), "
+                              f"got {num_actors!r}")
     from .attributor import OVERFLOW_POLICIES, Strategy, check_proxy_used
 
     check_proxy_used(strategy, proxy)

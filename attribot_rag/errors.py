@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 
 class AttribotError(Exception):
     """Base class of every error attribot-rag raises on purpose."""
@@ -50,3 +53,14 @@ class ModelError(AttribotError):
 
 class UnknownModelError(ModelError, ValueError):
     """The model name is neither a registered short name, a local path nor a Hub id."""
+
+
+# Predicates behind the ConfigErrors above; each caller words its own message (what to pass instead).
+def is_count(value: object, minimum: int = 0) -> bool:
+    """An integer (numpy's too, never a bool) of at least ``minimum``."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
+
+
+def is_finite_number(value: object) -> bool:
+    """A real number (numpy's too, never a bool) that is neither NaN nor infinite."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)

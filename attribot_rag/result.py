@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, is_count
 from .spans import Sentence, Source
 
 NOT_SCORED = "not scored"  # a span the strategy skipped (pruned / in a dropped document): score 0
@@ -127,7 +127,7 @@ class AttributionResult:
 
         ``share`` is a sentence's share of the total positive sentence score.
         """
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 0):
+        if top_k is not None and not is_count(top_k):
             raise ConfigError(f"top_k={top_k!r}: pass a count >= 0, or None for every citation")
         flat = [s for per_doc in self.sentence_scores for s in per_doc]
         shares = dict(zip(map(id, flat), _shares([s.score for s in flat])))

@@ -178,13 +178,17 @@ def test_bad_arguments(small, model_dir, tmp_path, tiny):
         run_batch(inp, tmp_path / "o3", **{**kw, "target": "no-such-model"}, engine="ray")
     with pytest.raises(ConfigError, match="unknown engine"):
         run_batch(inp, tmp_path / "o3", **kw, engine="spark")
-    with pytest.raises(ConfigError, match="shard_size"):
-        run_batch(inp, tmp_path / "o3", **kw, shard_size=0)
-    for bad in ({"cpus_per_actor": 0}, {"gpus_per_actor": -1}, {"num_actors": 0}, {"ray_init_kwargs": {"num_cpus": 0}}):
+    for bad_size in (0, "4", 2.0, True):  # wrong types were a raw TypeError, or silently accepted
+        with pytest.raises(ConfigError, match="shard_size"):
+            run_batch(inp, tmp_path / "o3", **kw, shard_size=bad_size)
+    for bad in ({"cpus_per_actor": 0}, {"cpus_per_actor": "2"}, {"gpus_per_actor": -1}, {"gpus_per_actor": "1"},
+                {"num_actors": 0}, {"num_actors": 1.5}, {"ray_init_kwargs": {"num_cpus": 0}},
+                {"ray_init_kwargs": {"num_cpus": "2"}}):
         with pytest.raises(ConfigError, match="cpus_per_actor|num_actors|num_cpus"):
             run_batch(inp, tmp_path / "o3", **kw, engine="ray", **bad)
-    with pytest.raises(ConfigError, match="threads"):
-        run_batch(inp, tmp_path / "o3", **{**kw, "threads": 0})
+    for bad in ({"threads": 0}, {"threads": "2"}, {"top_k": 0}, {"top_k": "3"}, {"top_k": True}):
+        with pytest.raises(ConfigError, match="threads|top_k"):
+            run_batch(inp, tmp_path / "o3", **{**kw, **bad})
     # a proxy the job's one strategy never uses is refused before any model loads
     with pytest.raises(ConfigError, match="does not use the proxy"):
         run_batch(inp, tmp_path / "o3", **{**kw, "strategy": "auto"}, proxy="no-such-model")

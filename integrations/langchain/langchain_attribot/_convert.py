@@ -8,14 +8,13 @@ reads the question, ``Document``\\ s and answer out of a chain's values, and tur
 
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from attribot_rag import AttributionResult, Attributor, ConfigError, EmptyAnswerError, NoSourcesError, Source
+from attribot_rag.errors import is_count, is_finite_number
 from attribot_rag.result import jsonable
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, message_chunk_to_message
@@ -52,19 +51,17 @@ class CiteOptions:
     id_key: str | None = None
 
     def __post_init__(self) -> None:
-        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)
-                                       or self.top_k < 0):
+        if self.top_k is not None and not is_count(self.top_k):
             raise ConfigError(f"top_k={self.top_k!r}: pass a count >= 0, or None for every positive citation")
         # NaN compares False with everything, so a NaN threshold would silently keep or drop everything.
         for name, value in (("min_score", self.min_score), ("used-score threshold (used_min_score / min_score)",
                                                             self.used_min_score)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            if not is_finite_number(value):
                 raise ConfigError(f"the {name} is {value!r}: pass a finite number of nats (e.g. 0.0)")
         if self.id_key is not None and not isinstance(self.id_key, str):
             raise ConfigError(f"id_key={self.id_key!r}: pass the metadata key (a str) holding document ids, or None")
-        if self.used_min_share is not None and (isinstance(self.used_min_share, bool)
-                                                or not isinstance(self.used_min_share, numbers.Real)
-                                                or not 0 <= self.used_min_share <= 1):
+        if self.used_min_share is not None and not (is_finite_number(self.used_min_share)
+                                                    and 0 <= self.used_min_share <= 1):
             raise ConfigError(f"the used-share threshold (used_min_share / min_share) is {self.used_min_share!r}: "
                               "pass a share in [0, 1], or None to disable the share rule")
 
@@ -180,7 +177,7 @@ def history_messages(value: Any, key: str = "chat_history") -> list[dict[str, st
 
 def check_history_messages(n: int | None) -> int | None:
     """Validate a ``history_messages`` option (``None``: keep every history message)."""
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+    if n is not None and not is_count(n):
         raise ConfigError(f"history_messages must be None or an int >= 0, got {n!r}")
     return n
 

@@ -11,6 +11,7 @@ from typing import Any
 from uuid import UUID
 
 from attribot_rag import DEFAULT_MODEL, Attributor, ConfigError, PromptTemplate
+from attribot_rag.errors import is_count
 from langchain_core.callbacks import BaseCallbackHandler, dispatch_custom_event
 from langchain_core.documents import Document
 from langchain_core.messages import BaseMessage
@@ -130,7 +131,7 @@ class AttribotCallbackHandler(BaseCallbackHandler):
         raise_error: bool = False,
     ) -> None:
         super().__init__()
-        if isinstance(max_results, bool) or not isinstance(max_results, int) or max_results < 1:
+        if not is_count(max_results, 1):
             raise ConfigError(f"max_results={max_results!r}: pass how many runs' records to keep (an int >= 1)")
         self.scorer = ScorerSettings(model, proxy, strategy, device, dtype, template, attributor,
                                      dict(attributor_kwargs or {}))

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from attribot_rag import DEFAULT_MODEL, ConfigError, LoadedModel
+from attribot_rag.errors import is_count
 from attribot_rag.models import _as_dtype, dtype_name
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams
@@ -34,7 +35,7 @@ def _model_name(model: ModelLike) -> str:
 
 
 def _check_max_tokens(n: Any, what: str = "max_new_tokens (max_tokens)") -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if not is_count(n, 1):
         raise ConfigError(f"{what}={n!r}: pass the most tokens to generate, an int >= 1")
     return n
 

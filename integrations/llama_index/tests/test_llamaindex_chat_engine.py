@@ -3,6 +3,7 @@
 import asyncio
 
 import pytest
+from attribot_rag import ConfigError
 from llama_index.core.chat_engine import CondensePlusContextChatEngine, ContextChatEngine
 from llama_index.core.chat_engine.types import AgentChatResponse, StreamingAgentChatResponse
 
@@ -115,5 +116,6 @@ def test_second_turn_is_scored_in_its_conversation(kind, attributor, retriever, 
     assert [(n.node.node_id, n.score) for n in second.source_nodes] == [
         (n.node.node_id, n.score) for n in without.nodes
     ]
-    with pytest.raises(ValueError, match="history_messages"):
-        AttributedChatEngine(engine.chat_engine, pp, history_messages=-1)
+    for bad in (-1, True, "4"):  # True was silently one message
+        with pytest.raises(ConfigError, match="history_messages"):
+            AttributedChatEngine(engine.chat_engine, pp, history_messages=bad)

@@ -6,6 +6,8 @@ from collections.abc import AsyncGenerator, Generator
 from dataclasses import dataclass
 from typing import Any
 
+from attribot_rag import ConfigError
+from attribot_rag.errors import is_count
 from llama_index.core.base.llms.types import ChatMessage, ChatResponse, MessageRole
 from llama_index.core.chat_engine.types import AgentChatResponse, BaseChatEngine, StreamingAgentChatResponse
 
@@ -79,8 +81,8 @@ class AttributedChatEngine(BaseChatEngine):
         use_retrieval_question: bool = True,
         history_messages: int = 4,
     ) -> None:
-        if not isinstance(history_messages, int) or history_messages < 0:
-            raise ValueError(f"history_messages must be an int >= 0, got {history_messages!r}")
+        if not is_count(history_messages):
+            raise ConfigError(f"history_messages must be an int >= 0, got {history_messages!r}")
         self._chat_engine = chat_engine
         self.postprocessor = postprocessor or AttribotNodePostprocessor()
         self.use_retrieval_question = use_retrieval_question
