@@ -438,6 +438,8 @@ def render_markdown(summary: dict) -> str:
     ]
     if s["naive_note"]:
         lines += ["", s["naive_note"]]
+    if s.get("dtype_effect"):
+        lines += ["", M.dtype_effect_text(s)]
     others = s["pareto"].get("by_metric", {})
     if others and s["default_method"]:
         lines += ["", "Default on the Pareto front, by faithfulness metric: " + "; ".join(
@@ -725,6 +727,7 @@ def summarize(args: argparse.Namespace, runner: Runner, dataset: str, examples: 
         "default_method": default_key,
         "default_strategy": resolve_strategy("auto", runner.proxy is not None).name,
         "default_verdict": verdict, "contextcite_note": cc_note, "naive_note": naive_note,
+        "dtype_effect": M.dtype_effect(per_example) if runner.gold_dtype != runner.dtype else None,
         "pareto": {"metric": pm, "points": points, "front": sorted(front), "by_metric": by_metric},
         "methods": methods, "per_example": per_example,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

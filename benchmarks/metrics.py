@@ -14,6 +14,7 @@ with a fixed number of seeded shuffles so results are reproducible.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -209,3 +210,51 @@ def dominates_report(name: str, points: dict[str, tuple[float, float]], decimals
         and oc <= cost and q(oq) >= q(qual) and (oc < cost or q(oq) > q(qual))
     ]
     return {"on_front": not by, "dominated_by": sorted(by)}
+
+
+def dtype_effect(per_example: list[dict]) -> dict[str, Any] | None:
+    """What the methods' dtype costs in exactness and buys in time, from the run's own scores.
+
+    Gold (fp32, cached engine) against ``cached-batched`` (the methods' dtype, the same cached
+    engine) isolates the dtype; ``naive-exact`` (the methods' dtype, uncached) against
+    ``cached-batched`` shows what caching changes in that dtype (on the naive subset only).
+    ``None`` when the run lacks the cached-batched method.
+    """
+    gold_vs_cached, time_ratios, cache_diffs, cache_r = [], [], [], []
+    for e in per_example:
+        c = e["methods"].get("cached-batched")
+        if not c or c.get("error") is not None or not c.get("scores"):
+            continue
+        cached, gold = np.asarray(c["scores"], float), np.asarray(e["gold"]["scores"], float)
+        gold_vs_cached.append(float(np.abs(cached - gold).max()))
+        time_ratios.append(e["gold"]["seconds"] / c["seconds"])
+        n = e["methods"].get("naive-exact")
+        if n and n.get("error") is None and n.get("scores"):
+            naive = np.asarray(n["scores"], float)
+            cache_diffs.append(float(np.abs(cached - naive).max()))
+            cache_r.append(float(np.corrcoef(cached, naive)[0, 1]))
+    if not gold_vs_cached:
+        return None
+    return {
+        "examples": len(gold_vs_cached),
+        "max_abs_vs_gold": max(gold_vs_cached),  # nats, worst sentence of any example
+        "median_example_max_abs_vs_gold": float(np.median(gold_vs_cached)),
+        "gold_seconds_over_cached": float(np.mean(time_ratios)),  # gold dtype's time / the methods' dtype's time
+        "cached_vs_uncached": {"examples": len(cache_diffs), "max_abs": max(cache_diffs, default=None),
+                               "min_pearson": min(cache_r, default=None)},
+    }
+
+
+def dtype_effect_text(summary: dict) -> str:
+    """One sentence on :func:`dtype_effect` (the table's notes and the README use it)."""
+    e, methods_dtype, gold_dtype = summary["dtype_effect"], summary["dtype"], summary["gold_dtype"]
+    cu = e["cached_vs_uncached"]
+    text = (f"{methods_dtype} against {gold_dtype} gold (same cached engine, {e['examples']} examples): sentence "
+            f"scores differ by up to {e['max_abs_vs_gold']:.3f} nats (median of the per-example maxima "
+            f"{e['median_example_max_abs_vs_gold']:.3f}); {gold_dtype} took {e['gold_seconds_over_cached']:.1f}x "
+            f"the {methods_dtype} time.")
+    if cu["examples"]:
+        text += (f" In {methods_dtype}, cached and uncached exact LOO differ by up to {cu['max_abs']:.3f} nats "
+                 f"(Pearson >= {cu['min_pearson']:.4f}; {cu['examples']} naive-subset example"
+                 f"{'s' if cu['examples'] != 1 else ''}).")
+    return text

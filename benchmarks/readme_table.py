@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from benchmarks.metrics import dtype_effect_text
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 SETTINGS = {  # README block name -> (target, proxy)
@@ -115,6 +117,8 @@ def _key_figures(r: dict, default: str) -> str:
                    f"{b['pearson']['mean']:.3f}, Spearman {b['spearman']['mean']:.3f}. The proxy's own sentence "
                    f"scores: Spearman {p['spearman']['mean']:.3f}, {b['seconds'] / p['seconds']:.1f}x faster "
                    "than the target's.")
+    if r.get("dtype_effect"):
+        out.append(dtype_effect_text(r))
     return " ".join(out)
 
 

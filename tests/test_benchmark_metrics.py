@@ -120,3 +120,26 @@ def test_pareto_front():
     assert M.dominates_report("fast-good", points)["on_front"]
     # qualities equal at 3 decimals: the faster one dominates
     assert M.pareto_front({"a": (1.0, 0.90001), "b": (2.0, 0.90004)}) == {"a"}
+
+
+def test_dtype_effect_compares_gold_cached_and_uncached_scores():
+    def ex(gold, cached, naive=None, gold_s=30.0, cached_s=10.0):
+        methods = {"cached-batched": {"scores": cached, "seconds": cached_s, "error": None}}
+        if naive is not None:
+            methods["naive-exact"] = {"scores": naive, "seconds": 99.0, "error": None}
+        return {"gold": {"scores": gold, "seconds": gold_s}, "methods": methods}
+
+    per_example = [
+        ex([1.0, 0.0, 2.0], [1.1, 0.0, 2.0], naive=[1.0, 0.05, 2.0]),
+        ex([0.0, 3.0, 0.5], [0.0, 2.6, 0.5], gold_s=20.0),
+        {"gold": {"scores": [1.0], "seconds": 1.0}, "methods": {"cached-batched": {"error": "OOM"}}},  # skipped
+    ]
+    e = M.dtype_effect(per_example)
+    assert e["examples"] == 2
+    assert e["max_abs_vs_gold"] == pytest.approx(0.4) and e["median_example_max_abs_vs_gold"] == pytest.approx(0.25)
+    assert e["gold_seconds_over_cached"] == pytest.approx(2.5)  # mean of 3.0 and 2.0
+    cu = e["cached_vs_uncached"]
+    assert cu["examples"] == 1 and cu["max_abs"] == pytest.approx(0.1) and 0.99 < cu["min_pearson"] < 1.0
+    text = M.dtype_effect_text({"dtype_effect": e, "dtype": "bfloat16", "gold_dtype": "float32"})
+    assert "up to 0.400 nats" in text and "2.5x the bfloat16 time" in text and "1 naive-subset example)" in text
+    assert M.dtype_effect([{"gold": {"scores": [1.0], "seconds": 1.0}, "methods": {}}]) is None
