@@ -20,7 +20,7 @@ from .errors import (
     ProxyEncodingError,
     UnknownModelError,
 )
-from .models import DEFAULT_MODEL, REGISTRY, LoadedModel, clear_model_cache, load_model, shared_model
+from .models import DEFAULT_MODEL, REGISTRY, LoadedModel, clear_model_cache, load_model, model_lock, shared_model
 from .prompt import PromptBuilder, PromptTemplate
 from .result import AttributionResult, Citation, SpanScore
 from .spans import Sentence, Source, split_source, split_text
@@ -32,5 +32,5 @@ __all__ = [
     "Cost", "DEFAULT_MODEL", "DocsFileError", "EmptyAnswerError", "Encoded", "InputError", "LikelihoodEngine",
     "LoadedModel", "ModelError", "NonFiniteScoreError", "NoSourcesError", "OutOfMemory", "PRESETS", "PromptBuilder",
     "PromptTemplate", "ProxyEncodingError", "REGISTRY", "Sentence", "Source", "SpanScore", "Strategy",
-    "UnknownModelError", "clear_model_cache", "load_model", "shared_model", "split_source", "split_text",
+    "UnknownModelError", "clear_model_cache", "load_model", "model_lock", "shared_model", "split_source", "split_text",
 ]

@@ -8,6 +8,7 @@ log-probs under each ablation (:mod:`.engine`) -> span scores (here) -> citation
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import numbers
@@ -29,7 +30,7 @@ from .errors import (
     is_count,
     is_finite_number,
 )
-from .models import DEFAULT_MODEL, LoadedModel, describe_tokenizer_pair, load_model
+from .models import DEFAULT_MODEL, LoadedModel, describe_tokenizer_pair, load_model, models_locked
 from .prompt import Ablation, History, PromptBuilder, PromptTemplate, as_history
 from .result import NOT_SCORED, AttributionResult, SpanScore
 from .spans import DEFAULT_MAX_SENTENCE_TOKENS, Sentence, Source, SourceLike, as_sources, split_source, split_text
@@ -287,6 +288,14 @@ class Attributor:
         if self.proxy is not None and not self.strategy.uses_proxy:
             logger.info("strategy %r does not use the proxy %s: pass strategy='proxy-prune' (or another proxy "
                         "strategy) to use it", self.strategy.name, self.proxy.name)
+
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the process-wide lock of each model this attributor runs (:func:`~attribot_rag.models.model_lock`).
+
+        The integrations hold it around every call, so work on one shared model runs one call at
+        a time across LangChain, LlamaIndex and your own code that takes it too.
+        """
+        return models_locked(self.target.loaded, None if self.proxy is None else self.proxy.loaded)
 
     # ------------------------------------------------------------------ generation
     @torch.inference_mode()

@@ -703,7 +703,8 @@ def run_batch(
         ):
             raise ConfigError(f"cpus_per_actor must be a number > 0 and gpus_per_actor >= 0 (or None for one per "
                               f"GPU), got {cpus_per_actor!r} and {gpus_per_actor!r}")
-        if not is_count((ray_init_kwargs or {}).get("num_cpus", 1), 1):
+        num_cpus = (ray_init_kwargs or {}).get("num_cpus")
+        if num_cpus is not None and not is_count(num_cpus, 1):  # None: Ray detects the CPUs
             raise ConfigError("the local Ray instance needs num_cpus, an int >= 1 (--ray-cpus)")
         if num_actors is not None and not is_count(num_actors, 1):
             raise ConfigError(f"num_actors must be an int >= 1 (or None: one per GPU, or per cpus_per_actor CPUs), "

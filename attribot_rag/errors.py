@@ -63,4 +63,9 @@ def is_count(value: object, minimum: int = 0) -> bool:
 
 def is_finite_number(value: object) -> bool:
     """A real number (numpy's too, never a bool) that is neither NaN nor infinite."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -459,9 +459,12 @@ def load_model(
 
 
 # ------------------------------------------------------------------------------ process-wide sharing
-_SHARED_GUARD = threading.Lock()  # guards the two dictionaries below; never held while loading
+_SHARED_GUARD = threading.Lock()  # guards the tables below; never held while loading or computing
 _SHARED: dict[tuple, LoadedModel] = {}
 _SHARED_LOADING: dict[tuple, threading.Lock] = {}
+_SHARED_GENERATION = [0]  # bumped by clear_model_cache: a load that straddles a clear is not cached
+_MODEL_LOCKS: dict[int, tuple[LoadedModel, threading.RLock]] = {}
+_ON_CLEAR: list[Callable[[], None]] = []
 
 
 @functools.cache
@@ -500,12 +503,13 @@ def _dtype_key(dtype: Any, device: str) -> str:
 
 def _shared_key(model: Any, device: str | None, dtype: Any) -> tuple:
     """A named model keys by what it would load as; objects key by identity (the entry keeps them alive)."""
+    if isinstance(model, os.PathLike):  # a Path is always a local folder or file, never a registry name
+        dev = _device_key(device)
+        return ("path", os.path.abspath(os.fspath(model)), dev, _dtype_key(dtype, dev))
     if isinstance(model, str):
         dev = _device_key(device)
         return ("name", model, dev, _dtype_key(dtype, dev))
-    if isinstance(model, tuple):
-        return ("pair", id(model[0]), id(model[1]))
-    return ("object", id(model))
+    return ("pair", id(model[0]), id(model[1]))
 
 
 def shared_model(model: Any = DEFAULT_MODEL, *, device: str | None = None, dtype: Any = None) -> LoadedModel:
@@ -519,8 +523,6 @@ def shared_model(model: Any = DEFAULT_MODEL, *, device: str | None = None, dtype
     """
     if isinstance(model, LoadedModel):
         return model
-    if isinstance(model, os.PathLike):
-        model = os.fspath(model)
     if isinstance(model, tuple):
         if len(model) != 2:
             raise ModelError(f"a model given as a tuple must be (model, tokenizer); got {len(model)} items")
@@ -531,7 +533,7 @@ def shared_model(model: Any = DEFAULT_MODEL, *, device: str | None = None, dtype
                 name = getattr(getattr(m, "config", None), "_name_or_path", None) or type(m).__name__
                 _SHARED[key] = LoadedModel(name=name, model=m, tokenizer=tok)
             return _SHARED[key]
-    if not isinstance(model, str):
+    if not isinstance(model, (str, os.PathLike)):
         raise ModelError(f"cannot load a model from {type(model).__name__}: pass an embedded name, a local "
                          "path, a Hugging Face id, a LoadedModel or a (model, tokenizer) pair")
     key = _shared_key(model, device, dtype)
@@ -539,21 +541,60 @@ def shared_model(model: Any = DEFAULT_MODEL, *, device: str | None = None, dtype
         if key in _SHARED:
             return _SHARED[key]
         loading = _SHARED_LOADING.setdefault(key, threading.Lock())
+        generation = _SHARED_GENERATION[0]
     with loading:  # one loader per key; later arrivals find it in the cache
         with _SHARED_GUARD:
             if key in _SHARED:
                 return _SHARED[key]
         loaded = load_model(model, device=device, dtype=dtype)
         with _SHARED_GUARD:
-            _SHARED[key] = loaded
             _SHARED_LOADING.pop(key, None)
+            if _SHARED_GENERATION[0] == generation:  # not cleared while it loaded
+                _SHARED[key] = loaded
         return loaded
 
 
+def model_lock(loaded: LoadedModel) -> threading.RLock:
+    """The process-wide lock that serialises work on ``loaded`` (one per model object).
+
+    Every integration holds it while it generates with or attributes on a model, so a process
+    mixing them (a LangChain chain and a LlamaIndex engine on one shared model) runs one model
+    call at a time: CPU inference already uses every core, and one-at-a-time bounds GPU memory.
+    """
+    with _SHARED_GUARD:
+        entry = _MODEL_LOCKS.get(id(loaded))
+        if entry is None or entry[0] is not loaded:  # an id can be reused once its object is gone
+            entry = (loaded, threading.RLock())
+            _MODEL_LOCKS[id(loaded)] = entry
+        return entry[1]
+
+
+@contextlib.contextmanager
+def models_locked(*models: LoadedModel | None) -> Iterator[None]:
+    """Hold :func:`model_lock` of each distinct model, always in the same order (so no deadlock)."""
+    distinct = {id(m): m for m in models if m is not None}
+    with contextlib.ExitStack() as stack:
+        for key in sorted(distinct):
+            stack.enter_context(model_lock(distinct[key]))
+        yield
+
+
+def on_clear_model_cache(callback: Callable[[], None]) -> None:
+    """Run ``callback`` on every :func:`clear_model_cache` (integrations drop what holds models)."""
+    with _SHARED_GUARD:
+        _ON_CLEAR.append(callback)
+
+
 def clear_model_cache() -> None:
-    """Forget every shared model (each is freed once nothing else holds it)."""
+    """Forget every shared model, its lock and what integrations built on it (each model is freed
+    once nothing else holds it); a load running meanwhile is not cached."""
     with _SHARED_GUARD:
         _SHARED.clear()
+        _MODEL_LOCKS.clear()
+        _SHARED_GENERATION[0] += 1
+        callbacks = list(_ON_CLEAR)
+    for callback in callbacks:
+        callback()
 
 
 def describe_tokenizer_pair(target: LoadedModel, proxy: LoadedModel) -> str:

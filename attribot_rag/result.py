@@ -75,7 +75,9 @@ def jsonable(value: Any) -> Any:
         value = _json_default(value)
         if isinstance(value, float):
             return value if math.isfinite(value) else None
-        return jsonable(value) if isinstance(value, list) else value
+        if isinstance(value, (bool, int, str, list)):
+            return jsonable(value) if isinstance(value, list) else value
+        # .tolist() of numpy datetimes, complex numbers and bytes gives objects JSON cannot hold
     return str(value)
 
 

@@ -186,6 +186,8 @@ def test_bad_arguments(small, model_dir, tmp_path, tiny):
                 {"ray_init_kwargs": {"num_cpus": "2"}}):
         with pytest.raises(ConfigError, match="cpus_per_actor|num_actors|num_cpus"):
             run_batch(inp, tmp_path / "o3", **kw, engine="ray", **bad)
+    with pytest.raises(ConfigError, match="num_actors must"):  # num_cpus=None is Ray's own "detect them"
+        run_batch(inp, tmp_path / "o3", **kw, engine="ray", ray_init_kwargs={"num_cpus": None}, num_actors=0)
     for bad in ({"threads": 0}, {"threads": "2"}, {"top_k": 0}, {"top_k": "3"}, {"top_k": True}):
         with pytest.raises(ConfigError, match="threads|top_k"):
             run_batch(inp, tmp_path / "o3", **{**kw, **bad})

@@ -143,3 +143,6 @@ def test_dtype_effect_compares_gold_cached_and_uncached_scores():
     text = M.dtype_effect_text({"dtype_effect": e, "dtype": "bfloat16", "gold_dtype": "float32"})
     assert "up to 0.400 nats" in text and "2.5x the bfloat16 time" in text and "1 naive-subset example)" in text
     assert M.dtype_effect([{"gold": {"scores": [1.0], "seconds": 1.0}, "methods": {}}]) is None
+    uncached_gold = ex([1.0, 2.0], [1.0, 2.5])
+    uncached_gold["gold"]["engine"] = "exact"  # its time would mix engine and dtype: not compared
+    assert M.dtype_effect([uncached_gold]) is None

@@ -167,6 +167,8 @@ def test_bad_source_objects_and_dicts_are_input_errors():
 @pytest.mark.parametrize("kw, match", [
     ({"keep_top_k": 2.5}, "keep_top_k must be an int"), ({"keep_top_k": True}, "keep_top_k must be an int"),
     ({"prune_top_k": 2.5}, "prune_top_k must be an int"), ({"keep_share": "0.5"}, "keep_share must be a number"),
+    ({"keep_share": 10**400}, "keep_share must be a number"),  # too large for a float: was an OverflowError
+    ({"keep_share": float("nan")}, "keep_share must be a number"),
     ({"engine_mode": "fast"}, "unknown engine_mode"),
     ({"level": "document", "prune_top_k": 4}, "scores none"),
 ])

@@ -320,8 +320,58 @@ def test_shared_model_is_one_copy_per_model_device_and_dtype(monkeypatch, tiny):
             shared_model((tiny.model,))
         with pytest.raises(ModelError, match="cannot load a model from int"):
             shared_model(3)
+        from pathlib import Path
+
+        by_path = shared_model(Path("m"), device="cpu", dtype="fp32")  # a Path is a folder, never a registry name
+        assert by_path is not first and isinstance(calls[-1][0], Path)
         n = len(calls)
         clear_model_cache()
         assert shared_model("m", device="cpu", dtype="fp32") is not first and len(calls) == n + 1
     finally:
         clear_model_cache()
+
+
+def test_clear_during_a_load_does_not_cache_it_and_runs_the_hooks(monkeypatch, tiny):
+    import threading
+
+    from attribot_rag import LoadedModel, clear_model_cache, shared_model
+
+    started, release = threading.Event(), threading.Event()
+
+    def slow_load(name, *, device=None, dtype=None):
+        started.set()
+        release.wait(5)
+        return LoadedModel(name=name, model=tiny.model, tokenizer=tiny.tokenizer)
+
+    monkeypatch.setattr(M, "load_model", slow_load)
+    hooked = []
+    monkeypatch.setattr(M, "_ON_CLEAR", [lambda: hooked.append(1)])
+    got = []
+    t = threading.Thread(target=lambda: got.append(shared_model("slow", device="cpu", dtype="fp32")))
+    t.start()
+    assert started.wait(5)
+    clear_model_cache()  # while the load runs
+    release.set()
+    t.join()
+    assert hooked == [1] and got and not any(k[1] == "slow" for k in M._SHARED)
+    clear_model_cache()
+
+
+def test_attributor_locked_holds_every_model_lock(tiny):
+    """Integrations hold Attributor.locked(): another user of model_lock waits until it is released."""
+    import threading
+
+    from attribot_rag import Attributor, LoadedModel, model_lock
+
+    proxy = LoadedModel(name="p", model=tiny.model, tokenizer=tiny.tokenizer)
+    att = Attributor(tiny, proxy, strategy="proxy-prune")
+    assert model_lock(tiny) is model_lock(tiny) and model_lock(tiny) is not model_lock(proxy)
+    for loaded in (tiny, proxy):
+        acquired = []
+        with att.locked():
+            t = threading.Thread(target=lambda m=loaded, out=acquired: out.append(model_lock(m).acquire(timeout=0.2)))
+            t.start()
+            t.join()
+        assert acquired == [False]
+        assert model_lock(loaded).acquire(timeout=1)
+        model_lock(loaded).release()

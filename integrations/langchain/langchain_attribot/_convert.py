@@ -19,7 +19,6 @@ from attribot_rag.result import jsonable
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, message_chunk_to_message
 
-from ._models import attributor_lock
 from .errors import ChainInputError, DocumentIdError
 
 QUESTION_KEYS = ("question", "input", "query")
@@ -264,7 +263,7 @@ def cite(
     """
     text = answer_text(answer)
     sources = to_sources(documents, options.id_key)
-    with attributor_lock(attributor):
+    with attributor.locked():  # the models' process-wide locks
         result = attributor.attribute(question, sources, text, history=list(history))
     # The core may drop sources to fit the context window (``overflow=``): its result then lists
     # only the kept ones, so map back to the retrieved list by id, never by position.

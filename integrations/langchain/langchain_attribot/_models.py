@@ -4,29 +4,26 @@ Every LangChain object of this package (the citation step, the callback handler,
 filter, the local chat model) takes its model from :func:`attribot_rag.models.shared_model`
 (one copy per model, device and dtype in the process, shared with the LlamaIndex integration),
 and an :class:`~attribot_rag.Attributor` is built once per settings, however many chains,
-threads or event loops use it. Work on one model is serialised by one lock: CPU inference
-already uses every core, and one-at-a-time keeps GPU memory bounded and keeps Hugging Face fast
-tokenizers (which are not re-entrant) out of races.
+threads or event loops use it. Work on one model is serialised by its process-wide lock
+(:func:`attribot_rag.models.model_lock`, which the LlamaIndex integration takes too): CPU
+inference already uses every core, and one-at-a-time keeps GPU memory bounded.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Iterator
 from typing import Any
 
-from attribot_rag import DEFAULT_MODEL, Attributor, ConfigError, LoadedModel, PromptTemplate
+from attribot_rag import DEFAULT_MODEL, Attributor, ConfigError, PromptTemplate
 from attribot_rag.attributor import resolve_strategy
-from attribot_rag.models import clear_model_cache, shared_model
+from attribot_rag.models import clear_model_cache, model_lock, on_clear_model_cache, shared_model
 
-__all__ = ["ModelLike", "attributor_lock", "clear_cache", "model_lock", "shared_attributor", "shared_model"]
+__all__ = ["ModelLike", "clear_cache", "model_lock", "shared_attributor", "shared_model"]
 
 ModelLike = Any  # a short name / local path (str), a LoadedModel, or a (model, tokenizer) pair
 
-_GUARD = threading.Lock()  # guards the dictionaries below (never held while computing)
+_GUARD = threading.Lock()  # guards the dictionary below (never held while computing)
 _ATTRIBUTORS: dict[tuple, tuple[Attributor, tuple]] = {}
-_MODEL_LOCKS: dict[int, tuple[Any, threading.RLock]] = {}
 
 
 def _strategy_key(strategy: Any, has_proxy: bool) -> Any:
@@ -65,32 +62,14 @@ def shared_attributor(
         return _ATTRIBUTORS.setdefault(key, (att, (target, prox)))[0]
 
 
-def model_lock(loaded: LoadedModel) -> threading.RLock:
-    """The lock serialising work on ``loaded`` (one per model object, process wide)."""
+def _forget_attributors() -> None:
     with _GUARD:
-        entry = _MODEL_LOCKS.get(id(loaded))
-        if entry is None or entry[0] is not loaded:
-            entry = (loaded, threading.RLock())
-            _MODEL_LOCKS[id(loaded)] = entry
-        return entry[1]
+        _ATTRIBUTORS.clear()
 
 
-@contextlib.contextmanager
-def attributor_lock(attributor: Attributor) -> Iterator[None]:
-    """Hold the locks of every model ``attributor`` runs (in a fixed order: no deadlock)."""
-    models = [attributor.target.loaded]
-    if attributor.proxy is not None and attributor.proxy.loaded is not attributor.target.loaded:
-        models.append(attributor.proxy.loaded)
-    locks = [model_lock(m) for m in sorted(models, key=id)]
-    with contextlib.ExitStack() as stack:
-        for lock in locks:
-            stack.enter_context(lock)
-        yield
+on_clear_model_cache(_forget_attributors)  # the cached attributors hold models: drop them with the models
 
 
 def clear_cache() -> None:
-    """Forget every shared model (:func:`attribot_rag.models.clear_model_cache`) and attributor."""
+    """Forget every shared model and attributor (:func:`attribot_rag.models.clear_model_cache`)."""
     clear_model_cache()
-    with _GUARD:
-        _ATTRIBUTORS.clear()
-        _MODEL_LOCKS.clear()

@@ -50,6 +50,25 @@ def test_query_bundle_and_async_match(attributor, nodes, question, answer):
     assert [(n.node.node_id, n.score) for n in sync] == [(n.node.node_id, n.score) for n in asyn]
 
 
+def test_attribution_waits_for_the_models_process_wide_lock(attributor, nodes, question, answer):
+    """LangChain's components hold the same lock: a process using both runs one model call at a time."""
+    import threading
+
+    from attribot_rag import model_lock
+
+    pp = AttribotNodePostprocessor(attributor=attributor)
+    done = threading.Event()
+    for call in (lambda: pp.postprocess_nodes(nodes, query_str=question, answer=answer),
+                 lambda: asyncio.run(pp.apostprocess_nodes(nodes, query_str=question, answer=answer))):
+        done.clear()
+        with model_lock(attributor.target.loaded):
+            t = threading.Thread(target=lambda c=call: (c(), done.set()))
+            t.start()
+            assert not done.wait(0.5)  # blocked while another user holds the model
+        t.join(30)
+        assert done.is_set()
+
+
 def test_reattributing_keeps_the_original_retrieval_score(attributor, nodes, question, answer):
     pp = AttribotNodePostprocessor(attributor=attributor)
     once = pp.postprocess_nodes(nodes, query_str=question, answer=answer)

@@ -275,6 +275,8 @@ def test_model_is_loaded_once_and_shared(monkeypatch, lc_tiny):
     assert a is AttribotCitations(key, dtype="fp32", top_k=1).attributor is shared_attributor(key, dtype="fp32")
     assert AttribotCitations(key, dtype="fp32", strategy="batched").attributor is not a
     assert calls == [key]
+    core_models.clear_model_cache()  # the core's clear (LlamaIndex's too) drops LangChain's attributors
+    assert shared_attributor(key, dtype="fp32") is not a and calls == [key, key]
     models.clear_cache()
 
 
@@ -356,12 +358,15 @@ def test_numpy_metadata_stays_numeric(lc_tiny, values, docs):
     import numpy as np
 
     docs = [d.model_copy(update={"metadata": {**d.metadata, "score": np.float32(0.5), "page": np.int64(3),
-                                              "bad": np.float64("nan"), "vec": np.arange(2)}}) for d in docs]
+                                              "bad": np.float64("nan"), "vec": np.arange(2),
+                                              "day": np.datetime64("2024-01-02"), "z": np.complex128(1j)}})
+            for d in docs]
     cites = _step(lc_tiny).invoke({**values, "context": docs})["citations"]
     assert cites
     meta = cites[0]["metadata"]
     assert type(meta["score"]) is float and meta["score"] == 0.5 and type(meta["page"]) is int and meta["page"] == 3
     assert meta["bad"] is None and meta["vec"] == [0, 1]  # as the core's to_json writes them
+    assert meta["day"] == "2024-01-02" and meta["z"] == "1j"  # .tolist() gives a date / complex: JSON holds str
     json.dumps(cites, allow_nan=False)
 
 

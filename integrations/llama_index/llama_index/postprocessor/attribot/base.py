@@ -63,6 +63,13 @@ def shared_model(name: str, dtype: Any = None, device: str | None = None) -> Loa
     return core_shared_model(name, dtype=dtype, device=device)
 
 
+def _attribute(attributor: Attributor, question: str, sources: list[Source], answer: str,
+               history: Sequence[Any] | None) -> AttributionResult:
+    # the model's process-wide lock: one call at a time per model, with LangChain's users of it too
+    with attributor.locked():
+        return attributor.attribute(question, sources, answer, history=history)
+
+
 class NodeTextError(InputError):
     """A source node has no text to attribute to (an image-only node, an empty chunk)."""
 
@@ -213,13 +220,13 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
     def get_attributor(self) -> Attributor:
         """The attributor in use, built (and its model loaded) on first call."""
         if self.attributor is None:
+            # load outside the lock: postprocessors of different models load side by side
+            target = shared_model(self.target, self.dtype, self.device)
+            proxy = None if self.proxy is None else shared_model(self.proxy, self.dtype, self.device)
             with _BUILD_LOCK:
                 if self.attributor is None:
-                    self.attributor = Attributor(
-                        shared_model(self.target, self.dtype, self.device),
-                        None if self.proxy is None else shared_model(self.proxy, self.dtype, self.device),
-                        strategy=self.strategy, template=self.template or llamaindex_qa_template(),
-                    )
+                    self.attributor = Attributor(target, proxy, strategy=self.strategy,
+                                                 template=self.template or llamaindex_qa_template())
         return self.attributor
 
     # ------------------------------------------------------------------ public API
@@ -275,7 +282,7 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
         """
         nodes, question, answer, sources = self._prepare(nodes, query_str, answer)
         with self._traced(nodes, question) as out:
-            result = self.get_attributor().attribute(question, sources, answer, history=history)
+            result = _attribute(self.get_attributor(), question, sources, answer, history)
             out.append(self._rank(nodes, sources, result))
         return out[0]
 
@@ -287,7 +294,7 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
         nodes, question, answer, sources = self._prepare(nodes, query_str, answer)
         with self._traced(nodes, question) as out:
             attributor = await asyncio.to_thread(self.get_attributor)
-            result = await asyncio.to_thread(attributor.attribute, question, sources, answer, history=history)
+            result = await asyncio.to_thread(_attribute, attributor, question, sources, answer, history)
             out.append(self._rank(nodes, sources, result))
         return out[0]
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from attribot_rag import DEFAULT_MODEL, LoadedModel
+from attribot_rag.models import model_lock
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
@@ -132,7 +133,7 @@ class AttribotLLM(CustomLLM):
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         """Greedy completion; ``formatted=False`` wraps the prompt as one user turn."""
         inputs = self._inputs(self._render(prompt, formatted))
-        with torch.inference_mode():
+        with model_lock(self._loaded), torch.inference_mode():
             out = self._loaded.model.generate(**inputs)
         n = inputs["input_ids"].shape[1]
         text = self._loaded.tokenizer.decode(out[0, n:], skip_special_tokens=True).strip()
@@ -154,7 +155,7 @@ class AttribotLLM(CustomLLM):
 
         def run() -> None:
             try:
-                with torch.inference_mode():
+                with model_lock(self._loaded), torch.inference_mode():
                     self._loaded.model.generate(
                         **inputs, streamer=streamer, stopping_criteria=StoppingCriteriaList([_Halt()])
                     )
