@@ -148,7 +148,7 @@ _STAMP_MARGIN_NS = 2_000_000_000  # file timestamps are coarse: trust a stamp on
 def _verify(path: Path, expected: str, *, remember: bool = True) -> None:
     """Check ``path`` against its sha256; raise :class:`ModelError` on a mismatch.
 
-    Hashing a converted 1.5B model reads ~8 GB, so a verified file gets a stamp (its size,
+    Hashing a converted 1.5B model reads ~7 GB, so a verified file gets a stamp (its size,
     mtime and inode) and is not re-hashed while those are unchanged. As git does for its index,
     the stamp is trusted only for a file last modified well before it was verified, so a rewrite
     within the same timestamp tick is still caught. ``remember=False``: no stamp (a temp file).
