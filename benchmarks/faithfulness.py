@@ -6,7 +6,9 @@
 Per example the target answers greedily (``--max-new-tokens`` bounds it) and every method
 attributes that same answer to the context's sentences. **Gold** is exact sentence-level LOO of
 the answer under the target (uncached forward passes), cached on disk by (example id, model,
-dtype, answer, context sentences), so adding a method never recomputes it.
+dtype, answer, context sentences), so adding a method never recomputes it. Records and the gold
+cache keep the answer's SHA-256, never its text (answers quote the data): a resumed example
+regenerates its answer and checks it against the digest.
 
 Methods (``--methods``, comma-separated keys; default all that apply):
 
@@ -57,9 +59,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from attribot_rag import Attributor, Strategy, load_model
+from attribot_rag import Attributor, PromptTemplate, Strategy, load_model
 from attribot_rag.attributor import PRESETS, resolve_strategy
-from attribot_rag.models import LoadedModel
+from attribot_rag.models import LoadedModel, _as_dtype, dtype_name
 from attribot_rag.spans import Source
 
 from . import metrics as M
@@ -118,6 +120,11 @@ def default_method_key(methods: Sequence[Method], has_proxy: bool) -> str | None
 
 
 # ------------------------------------------------------------------------------------ gold cache
+def answer_digest(answer: str) -> str:
+    """What records and the gold cache keep of an answer: its SHA-256 (the text quotes the data)."""
+    return hashlib.sha256(answer.encode("utf-8")).hexdigest()
+
+
 def _sources_digest(sources: Sequence[Source]) -> str:
     payload = [[s.id, s.title, [x.text for x in s.sentences], s.text] for s in sources]
     return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()[:16]
@@ -131,8 +138,9 @@ class GoldCache:
         self.folder.mkdir(parents=True, exist_ok=True)
 
     @staticmethod
-    def key(example_id: str, model: str, dtype: str, answer: str, sources: Sequence[Source], template: str) -> str:
-        fields = [example_id, model, dtype, answer, _sources_digest(sources), template]
+    def key(example_id: str, model: str, dtype: str, answer_sha256: str, sources: Sequence[Source],
+            template: str) -> str:
+        fields = [example_id, model, dtype, answer_sha256, _sources_digest(sources), template]
         return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()[:24]
 
     def get(self, key: str) -> dict | None:
@@ -220,42 +228,68 @@ def aggregate(rows: list[dict], naive_seconds: dict[str, float]) -> dict[str, An
 
 # ----------------------------------------------------------------------------------- the runner
 class Runner:
-    """Loads the models once and runs every selected method on every example."""
+    """Runs every selected method on every example; loads each model on first use, so rendering
+    finished records (``--complete-only``) loads none."""
 
     def __init__(self, args: argparse.Namespace, dataset: str) -> None:
         self.args = args
         self.dataset = dataset
-        started = time.perf_counter()
-        self.target = load_model(args.target, dtype=args.dtype)
-        self.load_seconds = {"target": time.perf_counter() - started}
-        self.proxy: LoadedModel | None = None
-        if args.proxy:
-            started = time.perf_counter()
-            self.proxy = load_model(args.proxy, dtype=args.dtype)
-            self.load_seconds["proxy"] = time.perf_counter() - started
-        self.att = Attributor(self.target, self.proxy, strategy="exact", max_batch_size=args.batch_size)
-        self.template_repr = repr(self.att.template)
-        self.dtype = str(self.target.model.dtype).replace("torch.", "")
-        # Gold may run in another precision (e.g. fp32 gold for bf16 methods): a second copy of the target.
-        self.gold_att = self.att
-        if args.gold_dtype and _dtype_name(args.gold_dtype) != _dtype_name(args.dtype):
-            started = time.perf_counter()
-            gold_target = load_model(args.target, dtype=args.gold_dtype)
-            self.load_seconds["gold target"] = time.perf_counter() - started
-            self.gold_att = Attributor(gold_target, strategy="exact", max_batch_size=args.batch_size)
-        self.gold_dtype = str(self.gold_att.target.loaded.model.dtype).replace("torch.", "")
+        self.load_seconds: dict[str, float] = {}
+        # Precision names as the loaded models will report them (checked on load): the fingerprint needs them.
+        self.dtype = dtype_name(_as_dtype(args.dtype))
+        self.gold_dtype = dtype_name(_as_dtype(args.gold_dtype)) if args.gold_dtype else self.dtype
+        self.template = PromptTemplate()
+        self.template_repr = repr(self.template)
+        self.has_proxy = bool(args.proxy)
         budgets = [int(x) for x in args.contextcite_ablations.split(",") if x.strip()]
-        every = all_methods(self.proxy is not None, budgets)
+        every = all_methods(self.has_proxy, budgets)
         wanted = [k.strip() for k in args.methods.split(",")] if args.methods else [m.key for m in every]
         unknown = set(wanted) - {m.key for m in every}
         if unknown:
             raise SystemExit(f"unknown or unavailable methods: {', '.join(sorted(unknown))} "
                              f"(available: {', '.join(m.key for m in every)})")
         self.methods = [m for m in every if m.key in wanted]
-        self.default_key = default_method_key(every, self.proxy is not None)
+        self.default_key = default_method_key(every, self.has_proxy)
         self.gold = GoldCache(Path(args.cache) if args.cache else Path(args.out) / "gold_cache")
+        self._att: Attributor | None = None
+        self._gold_att: Attributor | None = None
         self._contextcite: ContextCite | None = None
         self._embedder: EmbeddingSimilarity | None = None
+
+    def _load(self, role: str, name: str, dtype: str) -> LoadedModel:
+        started = time.perf_counter()
+        loaded = load_model(name, dtype=dtype)
+        self.load_seconds[role] = time.perf_counter() - started
+        got, want = dtype_name(loaded.model.dtype), dtype_name(_as_dtype(dtype))
+        if got != want:  # the fingerprint and gold key were computed from the requested precision
+            raise SystemExit(f"{name} loaded in {got}, not the requested {want}")
+        return loaded
+
+    @property
+    def att(self) -> Attributor:
+        """The attributor of the benchmarked methods (target and proxy in ``--dtype``)."""
+        if self._att is None:
+            target = self._load("target", self.args.target, self.args.dtype)
+            proxy = self._load("proxy", self.args.proxy, self.args.dtype) if self.args.proxy else None
+            self._att = Attributor(target, proxy, strategy="exact", max_batch_size=self.args.batch_size,
+                                   template=self.template)
+        return self._att
+
+    @property
+    def target(self) -> LoadedModel:
+        return self.att.target.loaded
+
+    @property
+    def gold_att(self) -> Attributor:
+        """Gold may run in another precision (e.g. fp32 gold for bf16 methods): a second copy of the target."""
+        if self._gold_att is None:
+            if self.gold_dtype == self.dtype:
+                self._gold_att = self.att
+            else:
+                gold_target = self._load("gold target", self.args.target, self.args.gold_dtype)
+                self._gold_att = Attributor(gold_target, strategy="exact", max_batch_size=self.args.batch_size,
+                                            template=self.template)
+        return self._gold_att
 
     # -- config fingerprint: records from a run with other settings are never reused
     def fingerprint(self) -> str:
@@ -278,26 +312,29 @@ class Runner:
             self.load_seconds["embedding"] = self._embedder.load_seconds
         return self._embedder
 
-    def gold_key(self, ex: dict, answer: str) -> str:
-        return GoldCache.key(ex["id"], self.args.target, self.gold_dtype, answer, ex["sources"], self.template_repr)
+    def gold_key(self, ex: dict, answer_sha256: str) -> str:
+        return GoldCache.key(ex["id"], self.args.target, self.gold_dtype, answer_sha256, ex["sources"],
+                             self.template_repr)
 
     def expected_methods(self, index: int) -> list[str]:
         """The method keys an example at this position gets (naive only inside --naive-subset)."""
         subset = self.args.naive_subset
         return [m.key for m in self.methods if m.kind != "naive" or subset is None or index < subset]
 
-    def gold_scores(self, ex: dict, answer: str) -> dict:
-        """Gold LOO for this answer: from the cache, or computed (and cached) now."""
-        key = self.gold_key(ex, answer)
+    def gold_scores(self, ex: dict, answer_sha256: str, answer: str | None) -> dict:
+        """Gold LOO for this answer: from the cache, or computed (and cached) now (``answer`` needed then)."""
+        key = self.gold_key(ex, answer_sha256)
         entry = self.gold.get(key)
         if entry is not None:
             entry["cached"] = True
             return entry
+        if answer is None:
+            raise ValueError(f"{ex['id']}: gold is not cached and the answer text is not at hand")
         strat = Strategy(level="sentence", engine_mode=self.args.gold_engine, name=f"gold-{self.args.gold_engine}")
         cpu = time.process_time()
         run = run_strategy(self.gold_att, strat, ex, answer)
         entry = {
-            "example": ex["id"], "model": self.args.target, "dtype": self.gold_dtype, "answer": answer,
+            "example": ex["id"], "model": self.args.target, "dtype": self.gold_dtype, "answer_sha256": answer_sha256,
             "engine": self.args.gold_engine, "scores": run.scores, "seconds": run.seconds,
             "cpu_seconds": time.process_time() - cpu, "models": run.models,
             "machine": machine_info(), "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -359,7 +396,11 @@ def machine_info() -> dict[str, Any]:
 
 
 def load_records(path: Path, fingerprint: str) -> dict[tuple[str, str], dict]:
-    """Records of an earlier run with the same settings, by (example id, method key); failures are retried."""
+    """Records of an earlier run with the same settings, by (example id, method key); failures are retried.
+
+    Each record carries the digest of the answer it scored (records written before digests: the
+    answer of the example record before it).
+    """
     out: dict[tuple[str, str], dict] = {}
     if not path.is_file():
         return out
@@ -370,9 +411,37 @@ def load_records(path: Path, fingerprint: str) -> dict[tuple[str, str], dict]:
             r = json.loads(line)
         except json.JSONDecodeError:  # a line cut short by an interrupted run
             continue
-        if r.get("fingerprint") == fingerprint and r.get("error") is None:
-            out[(r["example"], r["method"])] = r
+        if r.get("fingerprint") != fingerprint or r.get("error") is not None:
+            continue
+        if "answer" in r:  # an older record holding the text
+            r["answer_sha256"] = answer_digest(r.pop("answer"))
+        if "answer_sha256" not in r:
+            meta = out.get((r["example"], "__example__"))
+            r["answer_sha256"] = meta["answer_sha256"] if meta else None
+        out[(r["example"], r["method"])] = r
     return out
+
+
+RUN_MACHINE_KEYS = ("platform", "cpu", "cpu_count", "torch", "torch_threads", "cuda")
+
+
+def run_machine(machines: Sequence[dict | None]) -> tuple[dict, int]:
+    """The machine most examples ran on (from their records, not the process rendering them) and how
+    many distinct ones there were."""
+    seen = [{k: m.get(k) for k in RUN_MACHINE_KEYS} for m in machines if m]
+    if not seen:
+        return {k: v for k, v in machine_info().items() if k in RUN_MACHINE_KEYS}, 0
+    counts: dict[str, int] = {}
+    for m in seen:
+        counts[json.dumps(m, sort_keys=True)] = counts.get(json.dumps(m, sort_keys=True), 0) + 1
+    return json.loads(max(counts, key=counts.get)), len(counts)
+
+
+def missing_work(runner: Runner, done: dict[tuple[str, str], dict], ex: dict, index: int, digest: str) -> list[str]:
+    """What an example with a recorded answer still needs: methods without a record of that answer, and gold."""
+    todo = [k for k in runner.expected_methods(index)
+            if (done.get((ex["id"], k)) or {}).get("answer_sha256") != digest]
+    return todo + ([] if runner.gold.get(runner.gold_key(ex, digest)) else ["gold"])
 
 
 def _fmt(x: float, digits: int = 3) -> str:
@@ -410,6 +479,8 @@ def render_markdown(summary: dict) -> str:
     """Heading, setting, the table, and the verdict on the recommended default."""
     s = summary
     pm = s["pareto"]["metric"]
+    threads = s["machine"]["torch_threads"]
+    mixed = f"; the most common of {s['machines']} settings in the records" if s.get("machines", 1) > 1 else ""
     pk = (f"P@{s['cite_k']} / R@{s['cite_k']}: top-{s['cite_k']} sentences vs HotpotQA supporting facts. "
           if s["dataset"] == "hotpotqa" else "")
     lines = [
@@ -417,8 +488,9 @@ def render_markdown(summary: dict) -> str:
         "",
         f"{s['examples']} examples ({s['data']}), answers greedy, at most {s['max_new_tokens']} new tokens; "
         f"{s['dtype']} on {s['machine']['cuda'] or s['machine']['cpu']} ("
-        f"{s['machine']['torch_threads']} torch threads, mean 1-min load average {_fmt(s['mean_load_1m'], 1)}"
-        f"{' on ' + str(s['machine']['cpu_count']) + ' cores' if s['machine']['cpu_count'] else ''}). "
+        f"{threads} torch thread{'' if threads == 1 else 's'}, mean 1-min load average {_fmt(s['mean_load_1m'], 1)}"
+        f"{' on ' + str(s['machine']['cpu_count']) + ' cores' if s['machine']['cpu_count'] else ''}"
+        f"{mixed}). "
         "Gold = exact sentence LOO "
         f"({s['gold_engine']} engine, {s.get('gold_dtype', s['dtype'])}; {s['gold_cached']} of {s['examples']} "
         "from the cache). "
@@ -573,30 +645,39 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
         for i, ex in enumerate(examples):
             meta = done.get((ex["id"], "__example__"))
-            if args.complete_only:
-                missing = [k for k in runner.expected_methods(i) if (ex["id"], k) not in done]
-                if meta is None or missing or runner.gold.get(runner.gold_key(ex, meta["answer"])) is None:
-                    log(f"[{i + 1}/{len(examples)}] {ex['id']} skipped (--complete-only): "
-                        + ("no answer yet" if meta is None else f"missing {', '.join(missing) or 'gold'}"))
-                    continue
-            if meta is None:
+            missing = ["answer"] if meta is None else missing_work(runner, done, ex, i, meta["answer_sha256"])
+            if args.complete_only and missing:
+                log(f"[{i + 1}/{len(examples)}] {ex['id']} skipped (--complete-only): "
+                    + ("no answer yet" if meta is None else f"missing {', '.join(missing)}"))
+                continue
+            answer: str | None = None
+            if missing:  # work to do: the answer text is needed (records keep only its digest)
                 t0 = time.perf_counter()
                 answer = runner.att.generate(ex["question"], ex["sources"], max_new_tokens=args.max_new_tokens)
                 gen = time.perf_counter() - t0
-                enc = runner.att.encode(ex["question"], ex["sources"], answer)
-                meta = {"fingerprint": fingerprint, "example": ex["id"], "method": "__example__", "answer": answer,
-                        "generation_seconds": gen,
-                        "answer_tokens": len(enc.answer_ids), "prompt_tokens": len(enc.prompt_ids),
-                        "sentences": len(flat_sentences(ex["sources"])), "documents": len(ex["sources"])}
-                record(meta)
-            answer = meta["answer"]
-            gold = runner.gold_scores(ex, answer)
+                if meta is not None and answer_digest(answer) != meta["answer_sha256"]:
+                    log(f"[{i + 1}/{len(examples)}] {ex['id']}: the regenerated answer differs from the recorded "
+                        "one (generation is not deterministic here): the example starts over")
+                    meta = None
+                if meta is None:
+                    enc = runner.att.encode(ex["question"], ex["sources"], answer)
+                    meta = {"fingerprint": fingerprint, "example": ex["id"], "method": "__example__",
+                            "answer_sha256": answer_digest(answer), "generation_seconds": gen,
+                            "answer_tokens": len(enc.answer_ids), "prompt_tokens": len(enc.prompt_ids),
+                            "sentences": len(flat_sentences(ex["sources"])), "documents": len(ex["sources"]),
+                            "proxy_tokenizer": runner.att.tokenizer_path, "machine": machine_info()}
+                    record(meta)
+            digest = meta["answer_sha256"]
+            gold = runner.gold_scores(ex, digest, answer)
             gold_note = "cached" if gold["cached"] else f"{gold['seconds']:.1f}s"
-            log(f"[{i + 1}/{len(examples)}] {ex['id']} answer={answer[:60]!r} gold {gold_note}")
+            log(f"[{i + 1}/{len(examples)}] {ex['id']} answer {digest[:12]} ({meta['answer_tokens']} tokens) "
+                f"gold {gold_note}")
             pending_cc: dict[int, MethodRun] = {}
             ex_rows = {}
             for m in runner.methods:
                 r = done.get((ex["id"], m.key))
+                if r is not None and r.get("answer_sha256") != digest:
+                    r = None  # it scored another answer
                 if r is None:
                     try:
                         cpu = time.process_time()
@@ -608,7 +689,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         run, err = None, f"{type(exc).__name__}: {exc}"
                     if run is None and err is None:
                         continue  # skipped by design (outside the naive subset)
-                    r = {"fingerprint": fingerprint, "example": ex["id"], "method": m.key, "error": err,
+                    r = {"fingerprint": fingerprint, "example": ex["id"], "method": m.key, "answer_sha256": digest,
+                         "error": err,
                          "load_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
                          "scores": run.scores if run else None, "seconds": run.seconds if run else None,
                          "models": run.models if run else {}, "extra": run.extra if run else {}}
@@ -624,10 +706,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 rows[m.key].append(r)
                 ex_rows[m.key] = {k: r.get(k) for k in ("seconds", "models", "metrics", "error", "extra", "scores")}
             per_example.append({
-                "id": ex["id"], "answer": answer,  # ids only: the data stays in ../shared/data
+                "id": ex["id"], "answer_sha256": digest,  # ids and digests only: the data stays in ../shared/data
                 "generation_seconds": meta["generation_seconds"], "answer_tokens": meta["answer_tokens"],
                 "prompt_tokens": meta["prompt_tokens"], "sentences": meta["sentences"],
-                "documents": meta["documents"], "gold_documents": sorted(ex["gold_documents"]),
+                "documents": meta["documents"], "proxy_tokenizer": meta.get("proxy_tokenizer"),
+                "machine": meta.get("machine"), "gold_documents": sorted(ex["gold_documents"]),
                 "gold_sentences": sorted(ex["gold_sentences"]), "gold": {k: gold[k] for k in (
                     "scores", "seconds", "engine", "cached", "created")},
                 "gold_outliers": np.flatnonzero(M.gold_outliers(gold["scores"])).tolist(), "methods": ex_rows,
@@ -702,6 +785,10 @@ def summarize(args: argparse.Namespace, runner: Runner, dataset: str, examples: 
                       f"{runner.gold_dtype}.")
     n_no_outliers = sum(1 for e in per_example if not e["gold_outliers"])
     loads = [r["load_1m"] for rs in rows.values() for r in rs if r.get("load_1m") is not None]
+    machine, n_machines = run_machine([e.get("machine") for e in per_example])
+    tokenizer_paths = {e.get("proxy_tokenizer") for e in per_example} - {None}
+    proxy_tokenizer = tokenizer_paths.pop() if len(tokenizer_paths) == 1 else (
+        sorted(tokenizer_paths) if tokenizer_paths else None)
 
     def mean_of(key: str) -> float:
         return float(np.mean([e[key] for e in per_example])) if per_example else float("nan")
@@ -716,7 +803,7 @@ def summarize(args: argparse.Namespace, runner: Runner, dataset: str, examples: 
         "hotpot_docs": (args.hotpot_docs or None) if dataset == "hotpotqa" else None,
         "mean_documents": mean_of("documents"),
         "gold_cached": sum(1 for e in per_example if e["gold"]["cached"]),
-        "proxy_tokenizer": runner.att.tokenizer_path, "machine": machine_info(),
+        "proxy_tokenizer": proxy_tokenizer, "machine": machine, "machines": n_machines,
         "load_seconds": runner.load_seconds, "generation_seconds": mean_of("generation_seconds"),
         "mean_answer_tokens": mean_of("answer_tokens"), "mean_prompt_tokens": mean_of("prompt_tokens"),
         "mean_sentences": mean_of("sentences"), "examples_without_outliers": n_no_outliers,
@@ -725,7 +812,7 @@ def summarize(args: argparse.Namespace, runner: Runner, dataset: str, examples: 
             r["seconds"] for rs in rows.values() for r in rs
             if r.get("error") is None and not (r.get("extra") or {}).get("from_gold")),
         "default_method": default_key,
-        "default_strategy": resolve_strategy("auto", runner.proxy is not None).name,
+        "default_strategy": resolve_strategy("auto", runner.has_proxy).name,
         "default_verdict": verdict, "contextcite_note": cc_note, "naive_note": naive_note,
         "dtype_effect": M.dtype_effect(per_example) if runner.gold_dtype != runner.dtype else None,
         "pareto": {"metric": pm, "points": points, "front": sorted(front), "by_metric": by_metric},

@@ -8,6 +8,7 @@ The target model answers each question itself (greedy), then attributes its own 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -42,7 +43,8 @@ def main(argv=None) -> None:
         sentence_chance += len(ex["gold_sentences"]) / sum(len(s.sentences) for s in res.sources)
         top_cite = res.citations(top_k=1)
         rows.append({
-            "id": ex["id"], "answer": res.answer,  # ids only: the data stays in ../shared/data
+            # ids and an answer digest only: the data (and answers quoting it) stay out of results
+            "id": ex["id"], "answer_sha256": hashlib.sha256(res.answer.encode()).hexdigest(),
             "top_document": top, "gold_documents": sorted(ex["gold_documents"]), "hit": hit,
             "top_sentence_is_gold": bool(top_cite)
             and (top_cite[0].source_index, top_cite[0].sentence_index) in ex["gold_sentences"],
