@@ -381,12 +381,6 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _dtype_name(dtype: str | None) -> str | None:
-    """``"fp32"`` / ``"float32"`` -> ``"float32"`` etc., to compare dtype options."""
-    aliases = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-    return aliases.get(dtype, dtype) if dtype else None
-
-
 def machine_info() -> dict[str, Any]:
     """Where the timings were taken (the load average shows how shared the machine was)."""
     return {"platform": platform.platform(), "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
@@ -480,7 +474,9 @@ def render_markdown(summary: dict) -> str:
     s = summary
     pm = s["pareto"]["metric"]
     threads = s["machine"]["torch_threads"]
-    mixed = f"; the most common of {s['machines']} settings in the records" if s.get("machines", 1) > 1 else ""
+    machines = s.get("machines", 1)
+    mixed = (f"; the most common of {machines} settings in the records" if machines > 1 else
+             "; machine facts of the rendering process: the records predate them" if machines == 0 else "")
     pk = (f"P@{s['cite_k']} / R@{s['cite_k']}: top-{s['cite_k']} sentences vs HotpotQA supporting facts. "
           if s["dataset"] == "hotpotqa" else "")
     lines = [
@@ -657,7 +653,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 gen = time.perf_counter() - t0
                 if meta is not None and answer_digest(answer) != meta["answer_sha256"]:
                     log(f"[{i + 1}/{len(examples)}] {ex['id']}: the regenerated answer differs from the recorded "
-                        "one (generation is not deterministic here): the example starts over")
+                        "one (another thread count, library version or machine?): the example starts over")
                     meta = None
                 if meta is None:
                     enc = runner.att.encode(ex["question"], ex["sources"], answer)

@@ -112,7 +112,7 @@ def score_row(row: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
     first = out["citations"][0] if out["citations"] else None
     return {
         "id": row["id"], "type": row["type"],  # ids only: the data stays in ../shared/data
-        "answer_sha256": hashlib.sha256(out["answer"].encode()).hexdigest(),
+        "answer_sha256": hashlib.sha256(getattr(out["answer"], "text", out["answer"]).encode()).hexdigest(),
         "retrieved": [index[t] for t in retrieved], "gold": sorted(index[t] for t in gold),
         "first_citation": None if first is None else {
             "document": index[first["document_id"]], "sentence_index": first["sentence_index"], "score": first["score"],

@@ -8,6 +8,7 @@ document); the rate over many examples, with the default settings, is measured b
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 import pytest
@@ -99,3 +100,4 @@ def test_benchmark_rows_record_paragraph_indices_not_titles(hotpot_chain, hotpot
     assert rec["gold"] == sorted(position[t] for t in row["gold"])
     assert rec["first_citation"] == {"document": position[gold_doc.id], "sentence_index": 0, "score": 1.5}
     assert rec["used_context"] == [position[gold_doc.id]] and rec["hit"] and rec["chance"] == 0.5
+    assert "answer" not in rec and rec["answer_sha256"] == hashlib.sha256(b"x").hexdigest()  # the text quotes the data
