@@ -139,3 +139,41 @@ def test_records_with_answer_text_are_read_as_digests(tmp_path):
     assert "answer" not in done[("e", "__example__")]
     assert done[("e", "random")]["answer_sha256"] == done[("e", "__example__")]["answer_sha256"] == F.answer_digest(
         "Paris.")
+
+
+def test_resume_with_one_method_missing_reuses_the_answer(hotpot, tmp_path, model_dir, monkeypatch):
+    """The regenerated answer matches its digest: only the missing method runs, under the same example record."""
+    out = tmp_path / "out"
+    F.main(_argv(hotpot, out, model_dir))
+    (path,) = out.glob("*.records.jsonl")
+    kept = [x for x in path.read_text().splitlines()
+            if not (json.loads(x)["example"] == "ex1" and json.loads(x)["method"] == "hier-top3")]
+    path.write_text("\n".join(kept) + "\n")
+    calls = []
+    original = F.Attributor.generate
+    monkeypatch.setattr(F.Attributor, "generate", lambda self, *a, **kw: calls.append(1) or original(self, *a, **kw))
+    F.main(_argv(hotpot, out, model_dir))
+    added = [json.loads(x) for x in path.read_text().splitlines()[len(kept):]]
+    assert len(calls) == 1 and [(r["example"], r["method"]) for r in added] == [("ex1", "hier-top3")]
+
+
+def test_run_machine_is_the_records_most_common_setting():
+    a = {"cpu": "x", "torch_threads": 1, "load_average_1m": 0.5}
+    b = {"cpu": "x", "torch_threads": 2, "load_average_1m": 1.5}
+    machine, n = F.run_machine([a, dict(a, load_average_1m=3.0), b, None])
+    assert machine["torch_threads"] == 1 and n == 2 and "load_average_1m" not in machine
+    _, none = F.run_machine([None])
+    assert none == 0
+
+
+def test_committed_results_hold_no_answer_text():
+    """Benchmark results keep answer digests: generated answers quote the evaluation data."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = [p for d in ("benchmarks/results", "integrations/langchain/benchmarks/results",
+                         "integrations/llama_index/benchmarks/results")
+             for p in (root / d).rglob("*") if p.suffix in {".json", ".jsonl", ".md"}]
+    assert len(files) > 20
+    offenders = [str(p.relative_to(root)) for p in files if '"answer":' in p.read_text()]
+    assert offenders == []
