@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -12,6 +13,11 @@ from attribot_rag.spans import split_source
 DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEFAULT_HOTPOT = DATA_ROOT / "hotpotqa" / "dev.jsonl"
 DEFAULT_SQUAD = DATA_ROOT / "squad2" / "dev_articles.json"
+
+
+def answer_digest(answer: str) -> str:
+    """What result files keep of a generated answer: its SHA-256 (the text quotes the data)."""
+    return hashlib.sha256(answer.encode("utf-8")).hexdigest()
 
 
 def hotpot_examples(path: str | Path = DEFAULT_HOTPOT, n: int | None = None, offset: int = 0,

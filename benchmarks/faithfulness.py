@@ -52,6 +52,7 @@ import os
 import platform
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ from attribot_rag.models import LoadedModel, _as_dtype, dtype_name
 from attribot_rag.spans import Source
 
 from . import metrics as M
-from .common import DEFAULT_HOTPOT, detect_dataset, load_examples
+from .common import DEFAULT_HOTPOT, answer_digest, detect_dataset, load_examples
 from .peers import ContextCite, EmbeddingSimilarity, MethodRun, attention_scores, flat_sentences, random_scores
 
 RECOMMENDED = "★"  # marks attribot-rag's recommended default in tables and plots
@@ -120,11 +121,6 @@ def default_method_key(methods: Sequence[Method], has_proxy: bool) -> str | None
 
 
 # ------------------------------------------------------------------------------------ gold cache
-def answer_digest(answer: str) -> str:
-    """What records and the gold cache keep of an answer: its SHA-256 (the text quotes the data)."""
-    return hashlib.sha256(answer.encode("utf-8")).hexdigest()
-
-
 def _sources_digest(sources: Sequence[Source]) -> str:
     payload = [[s.id, s.title, [x.text for x in s.sentences], s.text] for s in sources]
     return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()[:16]
@@ -425,10 +421,8 @@ def run_machine(machines: Sequence[dict | None]) -> tuple[dict, int]:
     seen = [{k: m.get(k) for k in RUN_MACHINE_KEYS} for m in machines if m]
     if not seen:
         return {k: v for k, v in machine_info().items() if k in RUN_MACHINE_KEYS}, 0
-    counts: dict[str, int] = {}
-    for m in seen:
-        counts[json.dumps(m, sort_keys=True)] = counts.get(json.dumps(m, sort_keys=True), 0) + 1
-    return json.loads(max(counts, key=counts.get)), len(counts)
+    counts = Counter(json.dumps(m, sort_keys=True) for m in seen)
+    return json.loads(counts.most_common(1)[0][0]), len(counts)
 
 
 def missing_work(runner: Runner, done: dict[tuple[str, str], dict], ex: dict, index: int, digest: str) -> list[str]:

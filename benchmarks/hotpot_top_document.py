@@ -8,14 +8,13 @@ The target model answers each question itself (greedy), then attributes its own 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
 
 from attribot_rag import Attributor
 
-from .common import DEFAULT_HOTPOT, hotpot_examples
+from .common import DEFAULT_HOTPOT, answer_digest, hotpot_examples
 
 
 def main(argv=None) -> None:
@@ -44,7 +43,7 @@ def main(argv=None) -> None:
         top_cite = res.citations(top_k=1)
         rows.append({
             # ids and an answer digest only: the data (and answers quoting it) stay out of results
-            "id": ex["id"], "answer_sha256": hashlib.sha256(res.answer.encode()).hexdigest(),
+            "id": ex["id"], "answer_sha256": answer_digest(res.answer),
             "top_document": top, "gold_documents": sorted(ex["gold_documents"]), "hit": hit,
             "top_sentence_is_gold": bool(top_cite)
             and (top_cite[0].source_index, top_cite[0].sentence_index) in ex["gold_sentences"],
