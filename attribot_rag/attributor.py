@@ -420,45 +420,17 @@ class Attributor:
              strat: Strategy, policy: str, memo: dict) -> tuple[list[Source], list[Source]]:
         """Apply the overflow policy: drop sources until every model's prompt fits its window.
 
-        The encoded answer and the kept sources' prompt (the last check's) are left in ``memo`` for scoring.
+        Also refuses a question, answer or history that is not valid Unicode (before any tokenizer sees it).
+        The encoded answer and the kept sources' prompt are left in ``memo`` for scoring.
         """
+        from .overflow import fit_sources
+        from .spans import check_request
+
+        check_request(question, answer, history)
         if policy not in OVERFLOW_POLICIES:
             raise ConfigError(f"unknown overflow policy {policy!r}: use one of {', '.join(OVERFLOW_POLICIES)}")
         scorers = [self.target] + ([self.proxy] if strat.uses_proxy and self.proxy is not None else [])
-        kept, dropped = list(srcs), []
-
-        def overflowing() -> str | None:
-            for sc in scorers:
-                window = sc.loaded.context_window
-                if window is None:
-                    continue
-                prompt = memo[("prompt", id(sc))] = sc.builder.encode_prompt(question, kept, history=history)
-                need = len(prompt)
-                if answer is None:
-                    need += max_new_tokens
-                else:
-                    enc = memo.get(("answer", id(sc)))
-                    if enc is None:
-                        enc = memo[("answer", id(sc))] = sc.builder.encode_answer(answer, strict=sc.strict)
-                    need += len(enc.ids)
-                if need > window:
-                    return f"{need} tokens exceed {sc.name}'s context window of {window}"
-            return None
-
-        while (problem := overflowing()) is not None:
-            if policy == "error":
-                raise ContextTooLongError(
-                    f"prompt + answer: {problem}. Pass fewer or shorter sources, a longer-context model, or "
-                    "overflow='drop_last' / 'drop_lowest_score' to drop the lowest-ranked sources"
-                )
-            if len(kept) == 1:
-                raise ContextTooLongError(f"even one source is too long ({problem}): shorten it")
-            if policy == "drop_last":
-                victim = len(kept) - 1
-            else:  # the lowest retrieval score in metadata; sources without one go first
-                victim = min(range(len(kept)), key=lambda i: (_retrieval_score(kept[i]), -i))
-            dropped.append(kept.pop(victim))
-        return kept, dropped
+        return fit_sources(scorers, question, history, srcs, answer, max_new_tokens, policy, memo)
 
     def _pass(self, scorer: _Scorer, strat: Strategy, question, history, srcs, answer, answer_sentences,
               ablations: list[Ablation], costs: dict[str, Cost], memo: dict, desc: str) -> dict[Ablation, SpanScore]:

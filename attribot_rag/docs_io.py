@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DocsFileError, InputError
-from .spans import Source, as_sources
+from .spans import Source, as_sources, check_some_text
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
 EXAMPLE_DOCS = Path(__file__).parent / "data" / "example_docs.jsonl"
@@ -23,7 +23,7 @@ def _source(obj: Any, where: str) -> Source:
     if obj.get("id") is None:
         raise DocsFileError(f"{where}: the object has no 'id'; give every document a unique id")
     try:
-        return as_sources([obj])[0]
+        return as_sources([obj], allow_empty_text=True)[0]  # the whole file must hold some text: _check
     except InputError as exc:  # e.g. bad 'metadata' or 'sentences': say which file and line
         raise DocsFileError(f"{where}: {str(exc).removeprefix('source 0: ')}") from exc
 
@@ -98,4 +98,8 @@ def _check(docs: list[Source], p: Path) -> list[Source]:
     dup = {i for i, n in Counter(d.id for d in docs).items() if n > 1}
     if dup:
         raise DocsFileError(f"{p}: duplicate document ids {sorted(dup)}; ids must be unique")
+    try:
+        check_some_text(docs)
+    except InputError as exc:
+        raise DocsFileError(f"{p}: {exc}") from exc
     return docs

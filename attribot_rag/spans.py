@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -251,13 +252,65 @@ def split_source(source: Source, max_sentence_tokens: int | None = DEFAULT_MAX_S
 
 SourceLike = Source | str | Mapping[str, Any]
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
-def as_sources(items: Iterable[SourceLike]) -> list[Source]:
+
+def check_text(value: Any, what: str) -> str:
+    """``value`` if it is a str of valid Unicode, else an :class:`InputError` naming ``what``.
+
+    A lone surrogate (U+D800..U+DFFF) is what bytes that are not UTF-8 become in a command-line
+    argument (U+DCFF for byte 0xff) or a broken JSON escape (U+D800): no tokenizer can encode it,
+    and no UTF-8 file can hold it. It is refused here, at the boundary, not deep in a tokenizer.
+    """
+    if not isinstance(value, str):
+        raise InputError(f"{what} is a {type(value).__name__}, expected a str")
+    m = _SURROGATE.search(value)
+    if m:
+        code = ord(m.group())
+        hint = (f"the byte 0x{code - 0xDC00:02x}, which is not UTF-8" if 0xDC80 <= code <= 0xDCFF
+                else "a lone surrogate, e.g. from a broken JSON escape")
+        raise InputError(f"{what} is not valid Unicode: character {m.start()} is U+{code:04X} ({hint}); "
+                         "pass UTF-8 text (re-encode or fix the input)")
+    return value
+
+
+def as_id(value: Any, what: str) -> str:
+    """An id as a str: a string or an integer (numpy's too, never a bool); anything else is an :class:`InputError`.
+
+    The one rule for source ids (Python API, docs files, batch records) and batch record ids, so an id
+    is never the ``str()`` of a list, a dict or ``True``.
+    """
+    if isinstance(value, str):
+        return check_text(value, what)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return str(int(value))
+    raise InputError(f"{what} is {value!r} ({type(value).__name__}): use a string or an integer")
+
+
+def check_request(question: Any, answer: Any = None, history: Iterable[tuple[str, str]] = ()) -> None:
+    """Refuse a question, answer or history message that is not valid Unicode text (see :func:`check_text`)."""
+    check_text(question, "the question")
+    if answer is not None:
+        check_text(answer, "the answer")
+    for i, (_, content) in enumerate(history):
+        check_text(content, f"history[{i}]")
+
+
+def as_sources(items: Iterable[SourceLike], *, allow_empty_text: bool = False) -> list[Source]:
     """Coerce strings, dicts (``id``/``text``, optional ``sentences``, other keys metadata)
-    and :class:`Source` objects into sources with unique ids."""
+    and :class:`Source` objects into sources with unique ids.
+
+    The one validation path for sources (the Python API, docs files, batch records and the
+    integrations): ids are strings or integers, texts valid Unicode, and at least one source
+    must hold text (``allow_empty_text``: a docs file checks that over the whole file).
+    """
+    if items is None:
+        raise InputError("sources is None: pass the retrieved documents, a list of str, dicts or Source objects")
     if isinstance(items, (str, bytes, Mapping, Source)):
         raise InputError(f"sources must be a list of sources, not one {type(items).__name__}: wrap it in a "
                          "list ([text]) so it is not split into characters or keys")
+    if not isinstance(items, Iterable):
+        raise InputError(f"sources is a {type(items).__name__}: pass a list of str, dicts or Source objects")
     out: list[Source] = []
     for i, item in enumerate(items):
         if isinstance(item, Source):
@@ -265,6 +318,7 @@ def as_sources(items: Iterable[SourceLike]) -> list[Source]:
             if not isinstance(src.text, str) or not isinstance(src.id, str):
                 raise InputError(f"source {i}: a Source needs a str id and str text, got id "
                                  f"{type(src.id).__name__} and text {type(src.text).__name__}")
+            check_text(src.id, f"source {i}: its id")
         elif isinstance(item, str):
             src = Source(id=str(i), text=item)
         elif isinstance(item, Mapping):
@@ -277,9 +331,11 @@ def as_sources(items: Iterable[SourceLike]) -> list[Source]:
                 if not ok or not all(isinstance(x, str) for x in sentences):
                     raise InputError(f"source {i}: 'sentences' must be a list of strings (or left out, to split "
                                      "'text')")
+                for k, piece in enumerate(sentences):
+                    check_text(piece, f"source {i}: sentence {k}")
             meta = {k: v for k, v in item.items() if k not in ("id", "text", "sentences", "metadata")}
             meta.update(extra or {})
-            sid = str(i) if item.get("id") is None else str(item["id"])  # None = absent, as above
+            sid = str(i) if item.get("id") is None else as_id(item["id"], f"source {i}: its 'id'")  # None = absent
             text = item.get("text")
             if sentences is not None and text is not None and text != "".join(sentences):
                 raise InputError(f"source {i}: its 'sentences' do not join to its 'text'; give one of them, or "
@@ -294,10 +350,23 @@ def as_sources(items: Iterable[SourceLike]) -> list[Source]:
             raise InputError(
                 f"source {i} is a {type(item).__name__}; pass a Source, a str, or a dict with 'text'"
             )
+        check_text(src.text, f"source {src.id!r}: its text")
+        if isinstance(src.metadata.get("title"), str):  # rendered into the prompt
+            check_text(src.metadata["title"], f"source {src.id!r}: its title")
         out.append(src)
     seen: set[str] = set()
     for src in out:
         if src.id in seen:
             raise InputError(f"duplicate source id {src.id!r}: give each retrieved source a unique id")
         seen.add(src.id)
+    if out and not allow_empty_text:
+        check_some_text(out)
     return out
+
+
+def check_some_text(sources: Sequence[Source], where: str = "") -> None:
+    """Refuse sources that are all empty or whitespace: there is nothing to attribute to."""
+    if not any(s.text.strip() for s in sources):
+        from .errors import NoSourcesError
+
+        raise NoSourcesError(f"{where}every source is empty (no text): pass the retrieved documents' text")
