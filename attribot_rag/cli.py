@@ -119,11 +119,29 @@ def _models(args) -> int:
 _COMMANDS = {"cite": _cite, "models": _models, "batch": run_batch_command}
 
 
+@contextlib.contextmanager
+def _no_loading_bars(quiet: bool):
+    """Hide transformers' "Loading weights" bars too when progress is off (stderr then holds only our lines)."""
+    if not quiet:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point. Errors print one clear line and exit non-zero (set ATTRIBOT_DEBUG=1 for tracebacks)."""
     args = _parser().parse_args(argv)
     try:
-        return _COMMANDS[args.command](args)
+        with _no_loading_bars(getattr(args, "no_progress", False) or getattr(args, "json", False)):
+            return _COMMANDS[args.command](args)
     except AttribotError as exc:
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())  # one line, always
         print(f"attribot-rag: error: {message}", file=sys.stderr)
