@@ -611,7 +611,7 @@ def test_ray_worker_killed_mid_shard(ray_cluster, reference, model_dir, tmp_path
     assert summary.ok + summary.failed == len(ref)
     _check_complete(out, ref)  # every id once, and equal to the uninterrupted local run
     assert _snapshot(inp.parent) == before
-    assert killed or "summary" in result  # (a job faster than the poll finished before a kill)
+    assert killed == 1  # (Ray retries the killed actor's shard; where it gives up, the rerun above finishes it)
 
 
 # ------------------------------------------------------------------------------------------ holds
