@@ -5,12 +5,13 @@ The overflow policies drop sources in a fixed order (``drop_last``: the last ret
 fits every model's window. Re-tokenizing the whole prompt after each dropped source made that
 quadratic (5,000 tiny documents: minutes). Here each source's share of the prompt is estimated
 once from its own tokens, the estimate jumps to a candidate, and a few exact encodings of the
-whole prompt (a bracket, then bisection) find the fewest sources to drop: about as many full
-encodings as the logarithm of the estimate's error, whatever the number of sources.
+whole prompt (a false-position search on the estimated costs) find the fewest sources to drop,
+whatever the number of sources.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -45,44 +46,49 @@ def fewest_to_drop(n: int, order: Sequence[int], costs: Sequence[float],
     """The fewest ``m`` such that dropping ``order[:m]`` leaves a prompt that fits (``excess(kept) <= 0``).
 
     ``costs[i]`` estimates source ``i``'s tokens; ``excess`` measures exactly (tokens over the
-    window; the kept indices come in input order). Assumes dropping more never makes it longer.
+    window; the kept indices come in input order). The estimate jumps to a first candidate; then a
+    safeguarded false-position search (interpolating the measured excesses on the estimated costs,
+    bisecting when that stalls) closes the bracket. Assumes dropping more never makes it longer.
     Raises :class:`ContextTooLongError` when even one source does not fit.
     """
     def kept(m: int) -> list[int]:
         gone = set(order[:m])
         return [i for i in range(n) if i not in gone]
 
+    dropped_cost = [0.0]  # dropped_cost[m]: the estimated tokens of order[:m]
+    for i in order:
+        dropped_cost.append(dropped_cost[-1] + max(float(costs[i]), 1.0))
+
+    def first_reaching(target: float, lo: int, hi: int) -> int:
+        """The smallest m in [lo, hi] with dropped_cost[m] >= target (hi if none)."""
+        return min(bisect.bisect_left(dropped_cost, target, lo, hi + 1), hi)
+
     failing, over = 0, excess(kept(0))
     if over <= 0:
         return 0
     while True:  # jump by the estimate until a candidate fits
-        m, acc = failing, 0.0
-        while m < n - 1 and acc < over:
-            acc += costs[order[m]]
-            m += 1
-        m = min(max(m, failing + 1), n - 1)
-        if m == failing:  # already down to one source
+        if failing >= n - 1:
             raise ContextTooLongError(f"even one source is too long ({over} tokens over the context window): "
                                       "shorten it, or use a longer-context model")
+        m = first_reaching(dropped_cost[failing] + over, failing + 1, n - 1)
         e = excess(kept(m))
         if e <= 0:
-            fitting = m
+            fitting, under = m, e
             break
         failing, over = m, e
-    step = 1  # the estimate may overshoot: bracket from the fitting side, then bisect
+    side = 0  # which end moved last (+1 fitting, -1 failing), to bisect when one end keeps moving
     while fitting - failing > 1:
-        probe = max(fitting - step, failing + 1)
-        if excess(kept(probe)) <= 0:
-            fitting, step = probe, step * 2
+        if side in (2, -2):  # false position stalls when one end sticks: bisect once
+            m, side = (failing + fitting) // 2, 0
         else:
-            failing = probe
-            break
-    while fitting - failing > 1:
-        mid = (failing + fitting) // 2
-        if excess(kept(mid)) <= 0:
-            fitting = mid
+            span = dropped_cost[fitting] - dropped_cost[failing]
+            target = dropped_cost[failing] + span * over / (over - under)
+            m = max(failing + 1, min(first_reaching(target, failing + 1, fitting - 1), fitting - 1))
+        e = excess(kept(m))
+        if e <= 0:
+            fitting, under, side = m, e, (side + 1 if side > 0 else 1)
         else:
-            failing = mid
+            failing, over, side = m, e, (side - 1 if side < 0 else -1)
     return fitting
 
 

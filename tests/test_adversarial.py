@@ -36,6 +36,7 @@ from attribot_rag import batch as B
 from attribot_rag import models as M
 from attribot_rag.batch import read_output, run_batch
 from attribot_rag.cli import main
+from benchmarks.reliability import KINDS
 
 REPO = Path(__file__).resolve().parents[1]
 Q, A = "Who built the tower?", "Gustave Eiffel built it in 1889."
@@ -44,12 +45,6 @@ DOCS = [
     {"id": "tower", "text": "The Eiffel Tower was built in 1889. Gustave Eiffel built it."},
 ]
 COMMON = dict(dtype="fp32", threads=1, progress=False)
-KINDS = {  # kind -> what "handled cleanly" means for it (the README table's rows)
-    "input": "bad input: a one-line typed error, non-zero exit",
-    "record": "bad batch record: an error row, the job finishes",
-    "fault": "fault during a batch job: nothing lost, the rerun completes",
-    "holds": "kept from round 1",
-}
 
 
 def case(kind: str, what: str, *, files: bool = False) -> Callable:
@@ -692,3 +687,34 @@ def test_every_test_is_a_case():
     """Each test of this file (but this one) is labelled for the Reliability table."""
     tests = [v for k, v in globals().items() if k.startswith("test_") and callable(v)]
     assert all(hasattr(t, "reliability") for t in tests if t is not test_every_test_is_a_case)
+
+
+@case("input", "overflow selection: the fewest sources dropped, for 300 random cost profiles with estimates off by "
+               "up to 60%")
+def test_fewest_to_drop_is_minimal_for_random_profiles():
+    import random
+
+    from attribot_rag.errors import ContextTooLongError
+    from attribot_rag.overflow import fewest_to_drop
+
+    rng = random.Random(19)
+    for _ in range(300):
+        n = rng.randint(1, 400)
+        true = [rng.randint(1, 200) for _ in range(n)]
+        estimate = [t * rng.uniform(0.4, 1.6) for t in true]
+        order = rng.sample(range(n), n)
+        base, window = rng.randint(0, 100), rng.randint(50, sum(true) + 200)
+        calls = []
+
+        def excess(kept, true=true, base=base, window=window, calls=calls):
+            calls.append(1)
+            return base + sum(true[i] for i in kept) - window
+
+        need = [base + sum(true) - sum(true[i] for i in order[:m]) - window for m in range(n + 1)]
+        fits = [m for m in range(n) if need[m] <= 0]  # at least one source is always kept
+        if not fits:
+            with pytest.raises(ContextTooLongError):
+                fewest_to_drop(n, order, estimate, excess)
+            continue
+        assert fewest_to_drop(n, order, estimate, excess) == fits[0]
+        assert len(calls) <= 40
