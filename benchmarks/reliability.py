@@ -159,7 +159,8 @@ def run(model: str) -> dict[str, Any]:
 
     return {
         "suite": SUITE,
-        "command": "python -m benchmarks.reliability --write",
+        "command": " ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS",) if k in os.environ)
+        + (" " if "OMP_NUM_THREADS" in os.environ else "") + "python -m benchmarks.reliability --write",
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                     "torch_threads": torch.get_num_threads()},

@@ -167,8 +167,14 @@ def test_cite_bad_options(capsys, model_dir, tmp_path, no_model_load, extra):
 
 
 @case("input", "cite: an unknown Hugging Face id with the Hub offline")
-def test_unknown_hub_id_offline(capsys, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+@pytest.mark.parametrize("how", ["HF_HUB_OFFLINE=1", "Hub unreachable"])
+def test_unknown_hub_id_offline(capsys, tmp_path, monkeypatch, how):
+    for var in ("HTTPS_PROXY", "https_proxy", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    if how == "HF_HUB_OFFLINE=1":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:  # nothing listens on the discard port: what a machine without network sees, at once
+        monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     docs = _docs_file(tmp_path / "d.jsonl", [json.dumps(d) for d in DOCS])
     argv = _cite_args(Path("nobody-attribot/no-such-model"), docs)
     _one_line_error(*_cli(capsys, *argv), "not in the local Hugging Face cache", "offline")
