@@ -58,9 +58,9 @@ def _cite(args) -> int:
     from .spans import check_text
 
     if args.top_k < 1:
-        raise AttribotError("--top-k must be >= 1")
+        raise ConfigError("--top-k must be >= 1")
     if args.max_new_tokens < 1:
-        raise AttribotError("--max-new-tokens must be >= 1")
+        raise ConfigError("--max-new-tokens must be >= 1")
     check_proxy_used(args.strategy, args.proxy)  # before any model loads
     docs_path = args.docs if args.docs is not None else EXAMPLE_DOCS  # "" (an unset variable) is an error
     question = args.question or (EXAMPLE_QUESTION if args.docs is None else None)
