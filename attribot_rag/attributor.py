@@ -13,7 +13,7 @@ import logging
 import math
 import numbers
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -31,8 +31,9 @@ from .errors import (
     is_finite_number,
 )
 from .models import DEFAULT_MODEL, LoadedModel, describe_tokenizer_pair, load_model, models_locked
+from .noise import estimate as estimate_noise
 from .prompt import Ablation, History, PromptBuilder, PromptTemplate, as_history
-from .result import NOT_SCORED, AttributionResult, SpanScore
+from .result import NOT_SCORED, AttributionResult, ContextSupport, SpanScore
 from .spans import DEFAULT_MAX_SENTENCE_TOKENS, Sentence, Source, SourceLike, as_sources, split_source, split_text
 
 logger = logging.getLogger("attribot_rag")
@@ -163,7 +164,10 @@ class _Scorer:
     def score(
         self, question: str, history: History, sources, answer: str, answer_sentences: list[Sentence],
         ablations: Sequence[Ablation], mode: str, cost: Cost, desc: str, memo: dict,
+        keeps: Sequence[Collection[int]] | None = None,
     ) -> _Scores:
+        """Drops of the answer's log-likelihood under each ablation (or, with ``keeps``, under each
+        prompt holding only those sources: ``keeps=[()]`` is the prompt with no documents)."""
         # The full prompt and the answer are the same for every pass of one call: encode them once.
         prompt = memo.get(("prompt", id(self)))
         if prompt is None:
@@ -177,7 +181,10 @@ class _Scorer:
                 f"prompt ({len(prompt)} tokens) + answer ({len(enc.ids)}) exceed {self.name}'s context "
                 f"window of {window} tokens: pass fewer or shorter sources, or use a longer-context model"
             )
-        variants = [self.builder.encode_prompt(question, sources, a, history) for a in ablations]
+        if keeps is not None:
+            variants = [self.builder.encode_prompt(question, sources, None, history, keep=k) for k in keeps]
+        else:
+            variants = [self.builder.encode_prompt(question, sources, a, history) for a in ablations]
         # The full prompt's pass (and KV cache) is shared by every pass of this attribution call.
         if mode != "exact" and id(self) not in memo:
             memo[id(self)] = self.engine.prefill(prompt, enc.ids, cost=cost)
@@ -195,7 +202,8 @@ class _Scorer:
         seg_ends = torch.tensor([s.seg_end for s in answer_sentences])
         starts = torch.tensor([_first_visible(answer, a, b) for a, b in enc.offsets])
         owner = torch.clamp(torch.searchsorted(seg_ends, starts, right=True), max=len(answer_sentences) - 1)
-        per_sentence = torch.zeros(len(ablations), len(answer_sentences)).index_add_(1, owner, drops)
+        per_sentence = torch.zeros(len(variants), len(answer_sentences)).index_add_(1, owner, drops)
+        memo[("answer_tokens", id(self))] = torch.bincount(owner, minlength=len(answer_sentences)).tolist()
         return _Scores(total=drops.sum(dim=1), per_sentence=per_sentence)
 
 
@@ -399,16 +407,19 @@ class Attributor:
         answer_sentences = split_text(answer, None)
         costs: dict[str, Cost] = {}
         docs, sents = self._run(strat, question, hist, srcs, answer, answer_sentences, costs, memo)
+        support = self._support(strat, question, hist, srcs, answer, answer_sentences, costs, memo)
         timing = {
             "total_seconds": time.perf_counter() - started,
             "generation_seconds": gen_seconds,
             "models": {name: c.to_dict() for name, c in costs.items()},
+            "context_support": memo["support_cost"].to_dict(),
             "proxy_tokenizer": self.tokenizer_path if strat.uses_proxy else None,
         }
         return AttributionResult(
             question=question, answer=answer, sources=srcs, answer_sentences=answer_sentences,
             document_scores=docs, sentence_scores=sents, strategy=strat.name, timing=timing,
             dropped_sources=dropped, history=[{"role": r, "content": c} for r, c in hist],
+            support=support, noise=estimate_noise(self.target.loaded.name, self.target.loaded.model.dtype),
         )
 
     async def aattribute(self, question: str, sources: Iterable[SourceLike], answer: str | None = None,
@@ -444,6 +455,27 @@ class Attributor:
             a: SpanScore(a[0], a[1], float(scores.total[i]), scores.per_sentence[i].tolist(), scorer.name)
             for i, a in enumerate(ablations)
         }
+
+    def _support(self, strat: Strategy, question, history, srcs, answer, answer_sentences, costs: dict[str, Cost],
+                 memo: dict) -> ContextSupport:
+        """How much the context raises the answer's likelihood: all sources vs none (``lift``), and
+        each source alone vs none (``sufficiency``, which sees evidence that leave-one-out cannot
+        when another source repeats it). Scored by the target; the prompts are short but for the full one.
+        """
+        scorer = self.target
+        # counted apart from the LOO passes (timing["context_support"]): LOO costs stay comparable
+        cost = memo["support_cost"] = Cost()
+        keeps: list[tuple[int, ...]] = [()] + [(d,) for d in range(len(srcs))]
+        scores = scorer.score(question, history, srcs, answer, answer_sentences, [], strat.engine_mode, cost,
+                              "context support", memo, keeps=keeps)
+        # drop(v) = log p(answer | all) - log p(answer | v): lift = drop(none); alone(d) - none = drop(none) - drop(d)
+        none = scores.per_sentence[0]
+        return ContextSupport(
+            lift=none.tolist(),
+            sufficiency=[(none - scores.per_sentence[1 + d]).tolist() for d in range(len(srcs))],
+            answer_tokens=list(memo[("answer_tokens", id(scorer))]),
+            scored_by=scorer.name,
+        )
 
     def _cost_key(self, scorer: _Scorer) -> str:
         """``timing["models"]`` key: the model's name, ``"NAME (proxy)"`` when the proxy has the target's name."""

@@ -10,7 +10,7 @@ never a masked token.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from .errors import ConfigError, EmptyAnswerError, InputError, ProxyEncodingError
@@ -121,8 +121,9 @@ class PromptBuilder:
         # once per ablated prompt (a dict write is atomic, so concurrent callers are safe).
         self._frames: dict[History, tuple[list[tuple[str, bool]], str]] = {}
 
-    def _user(self, question: str, sources: Sequence[Source], ablation: Ablation | None) -> str:
-        texts: list[str | None] = [s.text for s in sources]
+    def _user(self, question: str, sources: Sequence[Source], ablation: Ablation | None,
+              keep: Collection[int] | None = None) -> str:
+        texts: list[str | None] = [s.text if keep is None or i in keep else None for i, s in enumerate(sources)]
         if ablation is not None:
             doc, sent = ablation
             texts[doc] = None if sent is None else sources[doc].without(sources[doc].sentences[sent])
@@ -177,8 +178,9 @@ class PromptBuilder:
         return "".join(t for t, _ in before) + self._user(question, sources, ablation) + after
 
     def encode_prompt(self, question: str, sources: Sequence[Source], ablation: Ablation | None = None,
-                      history: History = ()) -> list[int]:
-        """Token ids of :meth:`prompt_text`.
+                      history: History = (), keep: Collection[int] | None = None) -> list[int]:
+        """Token ids of :meth:`prompt_text`; ``keep`` (source indices) leaves every other source out,
+        so ``keep=()`` is the prompt with no documents at all (the context-support passes).
 
         The template's frame is tokenized with its special tokens; the user content (documents,
         question) with special-token strings split into plain text, so a document that contains
@@ -191,7 +193,7 @@ class PromptBuilder:
         for text, is_content in before:
             if text:
                 ids += self._encode_plain(text) if is_content else tok(text, add_special_tokens=False)["input_ids"]
-        user = self._user(question, sources, ablation)
+        user = self._user(question, sources, ablation, keep)
         ids += self._encode_plain(user)
         ids += tok(after, add_special_tokens=False)["input_ids"] if after else []
         return ids

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .decisions import DEFAULT_RULE, UNSET, DecisionRule, Decisions
 from .errors import ConfigError, is_count
+from .noise import Noise
 from .spans import Sentence, Source
 
 NOT_SCORED = "not scored"  # a span the strategy skipped (pruned / in a dropped document): score 0
@@ -36,6 +38,37 @@ class SpanScore:
     @property
     def scored(self) -> bool:
         return self.scored_by != NOT_SCORED
+
+
+@dataclass
+class ContextSupport:
+    """How much the retrieved context raises the answer's likelihood (nats, per answer sentence).
+
+    ``lift[j]``: log-likelihood of answer sentence ``j``'s tokens with every source minus with no
+    source at all. ``sufficiency[i][j]``: the same with source ``i`` alone minus with none; a
+    source whose content another source repeats has a LOO score near 0 but keeps its
+    sufficiency. ``answer_tokens[j]``: how many answer tokens sentence ``j`` has (noise bounds
+    scale with it). Scored by ``scored_by`` (the target model).
+    """
+
+    lift: list[float]
+    sufficiency: list[list[float]]
+    answer_tokens: list[int]
+    scored_by: str
+
+    @property
+    def total_lift(self) -> float:
+        return float(sum(self.lift))
+
+    @property
+    def document_sufficiency(self) -> list[float]:
+        """Each source's sufficiency summed over the answer."""
+        return [float(sum(row)) for row in self.sufficiency]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lift": list(self.lift), "total_lift": self.total_lift,
+                "sufficiency": [list(r) for r in self.sufficiency], "answer_tokens": list(self.answer_tokens),
+                "scored_by": self.scored_by}
 
 
 @dataclass
@@ -123,6 +156,17 @@ class AttributionResult:
     timing: dict[str, Any] = field(default_factory=dict)
     dropped_sources: list[Source] = field(default_factory=list)
     history: list[dict[str, str]] = field(default_factory=list)
+    support: ContextSupport | None = None
+    noise: Noise | None = None
+
+    def decisions(self, rule: DecisionRule | None = None) -> Decisions:
+        """Every verdict (supported, used, cited, ``[n]`` markers) from one rule (:data:`DEFAULT_RULE`)."""
+        return (rule or DEFAULT_RULE).decide(self)
+
+    @property
+    def supported(self) -> bool | None:
+        """Does the retrieved context support the answer (see :mod:`attribot_rag.decisions`)."""
+        return self.decisions().supported
 
     def citations(self, top_k: int | None = None, min_score: float = 0.0) -> list[Citation]:
         """Sentences ranked by score (highest first), those scoring above ``min_score``.
@@ -156,45 +200,35 @@ class AttributionResult:
         """Each source's share of the total positive document score."""
         return _shares([d.score for d in self.document_scores])
 
-    def used_mask(self, min_score: float = 0.1, min_share: float | None = 0.05) -> list[bool]:
-        """Which sources the answer used: document score above ``min_score`` nats and at least
-        ``min_share`` of the total positive document score (``None`` disables the share rule).
+    def used_mask(self, min_score: float = UNSET, min_share: float | None = UNSET, *,
+                  rule: DecisionRule | None = None) -> list[bool]:
+        """Which sources the answer used, per the decision rule (:mod:`attribot_rag.decisions`).
 
-        The share rule matters for long answers: summed over many tokens, even an unrelated
-        document's removal shifts the likelihood by more than a fixed threshold."""
-        shares = self.source_shares()
-        return [
-            d.score > min_score and (min_share is None or sh >= min_share)
-            for d, sh in zip(self.document_scores, shares)
-        ]
+        ``min_score`` / ``min_share`` override the rule's ``min_loo`` / ``min_share`` (``min_share=None``:
+        no share rule)."""
+        return self.decisions((rule or DEFAULT_RULE).with_options(min_loo=min_score, min_share=min_share)).used
 
-    def used_sources(self, min_score: float = 0.1, min_share: float | None = 0.05) -> list[Source]:
+    def used_sources(self, min_score: float = UNSET, min_share: float | None = UNSET, *,
+                     rule: DecisionRule | None = None) -> list[Source]:
         """The retrieved sources the answer used (see :meth:`used_mask`), in retrieval order."""
-        return [s for s, used in zip(self.sources, self.used_mask(min_score, min_share)) if used]
+        return [s for s, used in zip(self.sources, self.used_mask(min_score, min_share, rule=rule)) if used]
 
-    def answer_marks(self, top_k: int = 5, per_sentence: int = 3, min_score: float = 0.1) -> dict[int, list[int]]:
-        """``{answer sentence index: [1-based source numbers]}`` from the ``top_k`` citations
-        that support each sentence, at most ``per_sentence`` sources a sentence.
+    def answer_marks(self, top_k: int = UNSET, per_sentence: int = UNSET, min_score: float = UNSET, *,
+                     rule: DecisionRule | None = None) -> dict[int, list[int]]:
+        """``{answer sentence index: [1-based source numbers]}``: the decision rule's ``[n]`` markers.
 
-        Citations scoring ``min_score`` nats or less make no marker: a drop that small is within
-        the noise of reduced-precision scoring, and a marker claims the answer used the source. For
-        the same reason only sources :meth:`used_mask` (default thresholds) counts as used get markers.
+        Only used sources mark, only supported answer sentences are marked; ``top_k``,
+        ``per_sentence`` and ``min_score`` override the rule's ``mark_top_k``, ``marks_per_sentence``
+        and ``min_citation``.
         """
-        marks: dict[int, list[int]] = {}
-        used = self.used_mask()
-        for c in self.citations(top_k=top_k, min_score=min_score):
-            if not used[c.source_index]:  # a marker must not name a source this result reports unused
-                continue
-            for j in c.answer_sentences:
-                nums = marks.setdefault(j, [])
-                if c.source_index + 1 not in nums and len(nums) < per_sentence:
-                    nums.append(c.source_index + 1)
-        return marks
+        rule = (rule or DEFAULT_RULE).with_options(mark_top_k=top_k, marks_per_sentence=per_sentence,
+                                                   min_citation=min_score)
+        return self.decisions(rule).marks
 
-    def marked_answer(self, top_k: int = 5, per_sentence: int = 3, min_score: float = 0.1) -> str:
-        """The answer with ``[n]`` markers (n = 1-based source number) after each sentence,
-        from the ``top_k`` citations above ``min_score`` nats that support it."""
-        marks = self.answer_marks(top_k, per_sentence, min_score)
+    def marked_answer(self, top_k: int = UNSET, per_sentence: int = UNSET, min_score: float = UNSET, *,
+                      rule: DecisionRule | None = None) -> str:
+        """The answer with ``[n]`` markers (n = 1-based source number) after each sentence (:meth:`answer_marks`)."""
+        marks = self.answer_marks(top_k, per_sentence, min_score, rule=rule)
         out, pos = [], 0
         for j, s in enumerate(self.answer_sentences):
             out.append(self.answer[pos : s.end])
@@ -205,26 +239,31 @@ class AttributionResult:
 
     def to_dict(self, top_k: int | None = None) -> dict[str, Any]:
         """A JSON-ready dict: ``answer``, ``citations``, ``sources``, ``answer_sentences``, ``timing``."""
-        used = self.used_mask()
+        verdicts = self.decisions()
         shares = self.source_shares()
         return {
             "question": self.question,
             "answer": self.answer,
             "strategy": self.strategy,
+            "supported": verdicts.supported,
             "citations": [c.to_dict() for c in self.citations(top_k=top_k)],
             "sources": [
                 {
-                    "id": src.id, "index": i, "score": d.score, "share": sh, "used": u,
+                    "id": src.id, "index": i, "score": d.score, "share": sh, "used": v.used,
+                    "evidence": list(v.evidence), "sufficiency": v.sufficiency,
                     "scored_by": d.scored_by, "answer_sentence_scores": d.answer_sentence_scores,
                     "sentences": [
                         {"index": s.sentence_index, "score": s.score, "scored_by": s.scored_by}
                         for s in self.sentence_scores[i]
                     ],
                 }
-                for i, (src, d, sh, u) in enumerate(zip(self.sources, self.document_scores, shares, used))
+                for i, (src, d, sh, v) in enumerate(zip(self.sources, self.document_scores, shares, verdicts.sources))
             ],
-            "answer_sentences": [{"index": s.index, "start": s.start, "end": s.end, "text": s.text}
-                                 for s in self.answer_sentences],
+            "answer_sentences": [v.to_dict() for v in verdicts.answer_sentences],
+            "cited": [c.to_dict() for c in verdicts.citations[: top_k if top_k is not None else None]],
+            "marked_answer": self.marked_answer(),
+            "noise": None if self.noise is None else {**self.noise.to_dict(), "bound": verdicts.noise},
+            "support": None if self.support is None else self.support.to_dict(),
             "dropped_sources": [s.id for s in self.dropped_sources],
             "history": [dict(m) for m in self.history],
             "timing": self.timing,

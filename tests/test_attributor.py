@@ -20,6 +20,7 @@ from attribot_rag import (
     UnknownModelError,
     load_model,
 )
+from attribot_rag.decisions import DecisionRule
 
 Q = "Who built the tower?"
 A = "Gustave Eiffel built the tower in 1889. Paris is in France."
@@ -141,9 +142,9 @@ def test_full_prompt_and_answer_are_encoded_once_per_model_per_call(tok, tiny, s
     for scorer in (att.target, att.proxy):
         builder, count = scorer.builder, calls[scorer.name]
 
-        def encode_prompt(question, srcs, ablation=None, history=(), _f=builder.encode_prompt, _c=count):
-            _c[0] += ablation is None
-            return _f(question, srcs, ablation, history)
+        def encode_prompt(question, srcs, ablation=None, history=(), keep=None, _f=builder.encode_prompt, _c=count):
+            _c[0] += ablation is None and keep is None  # the full prompt (keep= are the context-support prompts)
+            return _f(question, srcs, ablation, history, keep=keep)
 
         def encode_answer(answer, strict=False, _f=builder.encode_answer, _c=count):
             _c[1] += 1
@@ -212,18 +213,23 @@ def test_result_citations_offsets_and_json(attributor, sources):
     d = json.loads(res.to_json())
     assert set(d) >= {"answer", "citations", "sources", "timing", "answer_sentences"}
     assert d["timing"]["models"]["tiny"]["forward_tokens"] > 0
-    used = res.used_sources(min_score=-1e9, min_share=None)
-    assert len(used) == 3 and res.used_sources(min_score=1e9) == []
+    # a random model's context does not support the answer: by the default rule nothing is used
+    assert res.supported is False and res.used_sources() == [] and res.marked_answer() == A
+    loo = DecisionRule(min_lift=None, min_sufficiency=None, noise_factor=0)  # leave-one-out alone decides
+    used = res.used_sources(min_score=-1e9, min_share=None, rule=loo)
+    assert len(used) == 3 and res.used_sources(min_score=1e9, rule=loo) == []
     shares = res.source_shares()
-    assert res.used_mask(min_score=-1e9, min_share=0.3) == [sh >= 0.3 for sh in shares]
-    marked = res.marked_answer()
-    assert marked.replace("[1]", "").replace("[2]", "").replace("[3]", "") == A
+    assert res.used_mask(min_score=-1e9, min_share=0.3, rule=loo) == [sh >= 0.3 for sh in shares]
+    loo = DecisionRule(min_lift=None, min_sufficiency=None, noise_factor=0, min_loo=-1e9, min_share=None,
+                       min_citation=0.0)
+    marked = res.marked_answer(rule=loo)
+    assert marked != A and marked.replace("[1]", "").replace("[2]", "").replace("[3]", "") == A
     # markers only for citations above min_score (a weak drop is no claim of use)
-    assert res.marked_answer(min_score=1e9) == A and res.answer_marks(min_score=1e9) == {}
-    weak = {c.source_index + 1 for c in res.citations(top_k=5) if c.score <= 0.1}
-    strong = {c.source_index + 1 for c in res.citations(top_k=5) if c.score > 0.1}
-    marked_sources = {n for v in res.answer_marks().values() for n in v}
-    assert marked_sources <= strong and (weak - strong).isdisjoint(marked_sources)
+    assert res.marked_answer(min_score=1e9, rule=loo) == A and res.answer_marks(min_score=1e9, rule=loo) == {}
+    weak = {c.source_index + 1 for c in res.citations(top_k=5) if c.score <= loo.min_citation}
+    strong = {c.source_index + 1 for c in res.citations(top_k=5) if c.score > loo.min_citation}
+    marked_sources = {n for v in res.answer_marks(rule=loo).values() for n in v}
+    assert marked_sources and marked_sources <= strong and (weak - strong).isdisjoint(marked_sources)
 
 
 def test_generation_when_no_answer(tiny, sources):

@@ -271,7 +271,7 @@ def test_to_json_is_strict_json_for_any_metadata():
 
 
 def test_used_rule_needs_both_the_score_and_the_share():
-    """Default: above 0.1 nats AND at least 5% of the positive document score."""
+    """Default: above 0.5 nats AND at least 5% of the positive document score (no support scores here)."""
     from attribot_rag import AttributionResult, SpanScore, split_source, split_text
     from attribot_rag.spans import Source
 
@@ -281,6 +281,6 @@ def test_used_rule_needs_both_the_score_and_the_share():
     docs = [SpanScore(i, None, s, [s], "m") for i, s in enumerate(scores)]
     r = AttributionResult("Q?", "A.", srcs, split_text("A.", None), docs, rows, "batched")
     assert r.used_mask() == [True, False, False, False, True]
-    assert r.used_mask(min_share=None) == [True, True, False, False, True]
+    assert r.used_mask(min_score=0.1, min_share=None) == [True, True, False, False, True]
     assert r.used_mask(min_score=0.5, min_share=None) == [True, False, False, False, True]
     assert [s.id for s in r.used_sources()] == ["0", "4"]
