@@ -30,6 +30,7 @@ from urllib.parse import urlparse
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
 
+    from .decisions import Decisions
     from .result import AttributionResult
 
 POSITIVE_HUE = 30.0  # orange
@@ -45,6 +46,7 @@ _CSS = """
 .ab-root h3{font-size:13px;text-transform:uppercase;letter-spacing:.05em;color:#555;margin:14px 0 4px}
 .ab-root .ab-question{font-weight:600;margin:0 0 6px}
 .ab-root .ab-answer{font-size:16px;margin:0 0 8px}
+.ab-root .ab-support{font-size:13px;color:#444;margin:0 0 8px}
 .ab-root .ab-ans-sent{border-radius:3px;padding:0 1px}
 .ab-root .ab-ans-sent[role="button"]{cursor:pointer}
 .ab-root .ab-ans-sent[role="button"]:hover{background:#f1f1f1}
@@ -189,7 +191,8 @@ def to_html(
     scales = [view_scale([s.score for s in scored])]
     scales += [view_scale([s.answer_sentence_scores[j] for s in scored]) for j in range(n_ans)]
     total_pos = sum(max(s.score, 0.0) for s in scored)
-    used = result.used_mask()
+    verdicts = result.decisions()
+    used = verdicts.used
     shares = result.source_shares()
     marks = result.answer_marks(top_k=top_k, per_sentence=per_sentence)
 
@@ -214,6 +217,7 @@ def to_html(
         pos = sent.end
     answer_parts.append(_esc(result.answer[pos:]))
     out.append('<h3>Answer</h3><div class="ab-answer">' + "".join(answer_parts) + "</div>")
+    out.append(f'<div class="ab-support">{_esc(support_line(verdicts))}</div>')
 
     # The per-answer-sentence picker.
     if n_ans > 1:
@@ -342,6 +346,17 @@ def _rich_style(score: float, scale: float) -> str:
     return f"black on #{r:02x}{g:02x}{b:02x}"
 
 
+def support_line(verdicts: Decisions) -> str:
+    """One line on whether the retrieved context supports the answer (the decision layer's verdict)."""
+    if verdicts.supported is None:
+        return "not checked (no context-support scores in this result)"
+    lift = f"context lift {verdicts.lift:+.2f} nats, noise bound {verdicts.noise:.2f}"
+    if not verdicts.supported:
+        return f"NOT supported by the retrieved sources ({lift}): no source is cited"
+    bad = [str(a.index + 1) for a in verdicts.answer_sentences if a.supported is False]
+    return f"supported ({lift})" + (f"; answer sentence(s) {', '.join(bad)} unsupported, not cited" if bad else "")
+
+
 def render_terminal(
     result: AttributionResult,
     console: Console | None = None,
@@ -375,6 +390,8 @@ def render_terminal(
         pos = sent.end
     answer.append(answer_text[pos:])
     con.print(Text.assemble(("Answer:   ", "bold"), answer))
+    verdicts = result.decisions()
+    con.print(Text.assemble(("Support:  ", "bold"), support_line(verdicts)))
 
     flat = [s for row in result.sentence_scores for s in row if s.scored_by != NOT_SCORED]
     scale = view_scale([s.score for s in flat])
@@ -386,15 +403,16 @@ def render_terminal(
     table.add_column("share", justify="right")
     table.add_column("answer", justify="right")
     table.add_column("sentence", overflow="fold", ratio=1)
-    for c in result.citations(top_k=top_k):
+    for c in verdicts.citations[:top_k]:
         table.add_row(str(c.rank), Text(_printable(f"[{c.source_index + 1}] {c.source_id}")), f"{c.score:.3f}",
                       f"{c.share:.1%}", ",".join(str(j + 1) for j in c.answer_sentences) or "-",
                       Text(_printable(c.sentence), style=_rich_style(c.score, scale)))
     con.print(table)
 
-    used = result.used_mask()
-    names = [_printable(f"[{i + 1}] {s.id}") for i, s in enumerate(result.sources) if used[i]]
-    con.print(Text.assemble(("Sources used: ", "bold"), ", ".join(names) or "none above the threshold"))
+    used = verdicts.used
+    names = [_printable(f"[{i + 1}] {s.id}") + ("" if v.evidence != ("sufficiency",) else " (by sufficiency)")
+             for i, (s, v) in enumerate(zip(result.sources, verdicts.sources)) if used[i]]
+    con.print(Text.assemble(("Sources used: ", "bold"), ", ".join(names) or "none"))
     if show_sources:
         for i, src in enumerate(result.sources):
             if not used[i]:

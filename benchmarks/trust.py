@@ -231,13 +231,14 @@ def noise(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     path = Path(args.out) / f"trust_noise_{args.model}.jsonl"
     done = {(r["split"], r["id"]) for r in map(json.loads, path.read_text().splitlines())} if path.exists() else set()
-    reduced = Attributor(args.model, dtype=args.dtype or "bf16")
-    full = Attributor(args.model, dtype="fp32")
+    # document-level LOO + the context-support passes: the same engine path as every sentence pass, at a
+    # fraction of the cost (fp32 takes ~3.3x bf16's time)
+    reduced = Attributor(args.model, dtype=args.dtype or "bf16", strategy=args.noise_strategy)
+    full = Attributor(args.model, dtype="fp32", strategy=args.noise_strategy)
     for ex in examples(args.split, args.max_docs)[args.offset: args.offset + args.n]:
         if (args.split, ex["id"]) in done:
             continue
         a = reduced.attribute(ex["question"], ex["sources"], ex["answer"])
-        # fp32 scores the same spans: force its sentence pass onto the reduced run's kept documents
         b = full.attribute(ex["question"], ex["sources"], ex["answer"])
         pairs = []  # (|difference|, answer tokens it sums over, kind)
         n_tok = sum(a.support.answer_tokens)
@@ -287,15 +288,17 @@ def _mean(xs: Sequence[float]) -> float | None:
 
 
 def evaluate(pairs: list[tuple[dict, dict]], method: str, rule: DecisionRule | None = None,
-             judge_threshold: float = 0.0) -> dict[str, Any]:
-    """Metrics of one method over (record, example) pairs. ``method``: ``rule``, ``retriever`` or ``judge``."""
+             judge_threshold: float = 0.0, prebuilt: list | None = None) -> dict[str, Any]:
+    """Metrics of one method over (record, example) pairs. ``method``: ``rule``, ``retriever`` or ``judge``.
+    ``prebuilt``: ``(record, example, result)`` triples, to skip rebuilding results in a grid search."""
+    built = {id(r): res for r, _, res in prebuilt} if prebuilt else {}
     out: dict[str, list] = {k: [] for k in ("top_doc", "top_sent", "prec", "rec", "flag_correct", "flag_madeup",
                                             "used_madeup", "both_copies", "seconds")}
     for rec, ex in pairs:
         cond = rec["condition"]
         gold = gold_documents(ex, cond)
         if method == "rule":
-            res = result_from(rec, ex)
+            res = built.get(id(rec)) or result_from(rec, ex)
             v = res.decisions(rule)
             supported = v.supported is not False
             used = {i for i, u in enumerate(v.used) if u}
@@ -362,6 +365,69 @@ def best_judge_threshold(pairs: list[tuple[dict, dict]]) -> float:
     return max(cands, key=bacc)
 
 
+GRID = {
+    "min_lift": (0.0, 0.5, 1.0, 2.0, 3.0),
+    "min_loo": (0.25, 0.5, 1.0, 2.0),
+    "min_share": (None, 0.05, 0.15),
+    "min_sufficiency": (None, 0.5, 1.0, 2.0, 4.0),
+    "sufficiency_ratio": (0.25, 0.5, 0.75),
+}
+
+
+def objective(m: dict) -> float:
+    """What the thresholds are chosen for: the mean of the issue's verdict goals, each as a rate to maximise."""
+    parts = [1 - (m["flagged_unsupported_correct"] or 0), m["flagged_unsupported_madeup"] or 0,
+             m["used_precision"] or 0, m["used_recall"] or 0, m["both_copies_used"] or 0, m["top_document_gold"] or 0]
+    return sum(parts) / len(parts)
+
+
+NOISE_FILE = Path(__file__).resolve().parents[1] / "attribot_rag" / "data" / "noise_calibration.json"
+
+
+def write_noise(model: str, out: Path) -> None:
+    """Store the train split's noise coefficient for ``model`` in the package's noise_calibration.json."""
+    nz = noise_summary(model, out)
+    if not nz or "train" not in nz:
+        print(f"no train noise records for {model}: run `noise --split train` first")
+        return
+    data = json.loads(NOISE_FILE.read_text()) if NOISE_FILE.exists() else {}
+    data.setdefault("about", "per_sqrt_token[dtype][model]: the 99th percentile of |score(dtype) - score(fp32)| / "
+                             "sqrt(answer tokens) over every span of HotpotQA train examples "
+                             "(python -m benchmarks.trust calibrate); see attribot_rag/noise.py")
+    table = data.setdefault("per_sqrt_token", {}).setdefault(nz["train"]["dtype"], {})
+    table[model] = round(nz["train"]["per_sqrt_token_q"], 4)
+    data.setdefault("examples", {})[f"{nz['train']['dtype']}/{model}"] = nz["train"]["examples"]
+    NOISE_FILE.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    print(f"noise: {model} {nz['train']['dtype']} {table[model]} nats x sqrt(tokens) -> {NOISE_FILE}")
+
+
+def calibrate(args: argparse.Namespace) -> None:
+    """Grid search of the rule's thresholds on the *train* records; writes trust_calibration_<model>.json
+    (and the model's noise coefficient into the package, from the train noise records)."""
+    import itertools
+
+    out = Path(args.out)
+    write_noise(args.model, out)
+    train = _pairs(args.model, "train", args.max_docs, out)
+    if not train:
+        raise SystemExit(f"no complete train records for {args.model}: run `run --split train` first")
+    results = [(rec, ex, result_from(rec, ex)) for rec, ex in train]
+    rows = []
+    for values in itertools.product(*GRID.values()):
+        rule = DecisionRule(**dict(zip(GRID, values)))
+        m = evaluate(train, "rule", rule, prebuilt=results)
+        rows.append((objective(m), dict(zip(GRID, values)), m))
+    rows.sort(key=lambda r: -r[0])
+    best = rows[0]
+    summary = {"model": args.model, "train_examples": len(train) // len(CONDITIONS), "grid": GRID,
+               "objective": objective.__doc__, "best": {"objective": best[0], "rule": best[1], "metrics": best[2]},
+               "default_rule": {"objective": objective(evaluate(train, "rule", DEFAULT_RULE, prebuilt=results)),
+                                "rule": DEFAULT_RULE.__dict__},
+               "top10": [{"objective": o, "rule": r} for o, r, _ in rows[:10]]}
+    (out / f"trust_calibration_{args.model}.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    print(json.dumps(summary["best"], indent=1, default=str), "\ndefault:", summary["default_rule"]["objective"])
+
+
 def report(args: argparse.Namespace) -> None:
     out = Path(args.out)
     for path in sorted(out.glob("trust_records_*.jsonl")):
@@ -421,7 +487,7 @@ def render_markdown(summary: dict) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("run", "noise", "report"))
+    ap.add_argument("command", choices=("run", "noise", "calibrate", "report"))
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--split", choices=tuple(SPLITS), default="dev")
     ap.add_argument("--n", type=int, default=100)
@@ -429,13 +495,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-docs", type=int, default=5)
     ap.add_argument("--dtype", default=None, help="default: the library's (bf16 on CPUs with native bf16)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--noise-strategy", default="documents", help="noise: the strategy both dtypes run")
     ap.add_argument("--out", default=str(OUT))
     return ap.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    {"run": run, "noise": noise, "report": report}[args.command](args)
+    {"run": run, "noise": noise, "calibrate": calibrate, "report": report}[args.command](args)
 
 
 if __name__ == "__main__":
