@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from attribot_rag import AttributionResult, Attributor, ConfigError, EmptyAnswerError, NoSourcesError, Source
+from attribot_rag.decisions import DEFAULT_RULE, UNSET, DecisionRule, Decisions
 from attribot_rag.errors import is_count, is_finite_number
 from attribot_rag.result import jsonable
 from langchain_core.documents import Document
@@ -33,36 +34,59 @@ SHARE_KEY = "attribot_share"
 
 @dataclass(frozen=True)
 class CiteOptions:
-    """What to report: citation cut-offs and the "used document" rule.
+    """What to report: citation cut-offs and the decision rule behind every verdict.
+
+    Which documents count as used, whether the context supports the answer, and which sentence
+    citations survive all come from one core :class:`~attribot_rag.decisions.DecisionRule`
+    (:data:`~attribot_rag.decisions.DEFAULT_RULE` unless ``rule`` is given); this package adds
+    no thresholds of its own.
 
     Args:
-        top_k: keep the ``top_k`` best citations (``None`` = every positively scoring sentence).
-        min_score: keep citations scoring above this (nats of answer log-likelihood).
-        used_min_score: a document counts as used when its leave-one-out score exceeds this.
-        used_min_share: ... and (when set) holds at least this share of the total positive score.
+        top_k: keep the ``top_k`` best citations (``None`` = every citation the rule keeps).
+        min_score: an extra cut-off on top of the rule: keep citations scoring above this (nats).
+        used_min_score: override of the rule's ``min_loo`` (least leave-one-out score, nats, for
+            "used" by leave-one-out); :data:`~attribot_rag.decisions.UNSET` keeps the rule's value.
+        used_min_share: override of the rule's ``min_share`` (``None`` disables the share check;
+            ``UNSET`` keeps the rule's value).
         id_key: metadata key read as the document id when ``Document.id`` is ``None``.
+        rule: the whole decision rule (``None``: the core's ``DEFAULT_RULE``); the two
+            overrides above apply on top of it.
     """
 
     top_k: int | None = 5
     min_score: float = 0.0
-    used_min_score: float = 0.1
-    used_min_share: float | None = None
+    used_min_score: float = UNSET
+    used_min_share: float | None = UNSET
     id_key: str | None = None
+    rule: DecisionRule | None = None
 
     def __post_init__(self) -> None:
         if self.top_k is not None and not is_count(self.top_k):
             raise ConfigError(f"top_k={self.top_k!r}: pass a count >= 0, or None for every positive citation")
         # NaN compares False with everything, so a NaN threshold would silently keep or drop everything.
-        for name, value in (("min_score", self.min_score), ("used-score threshold (used_min_score / min_score)",
-                                                            self.used_min_score)):
+        checks = [("min_score", self.min_score)]
+        if self.used_min_score is not UNSET:
+            checks.append(("used-score threshold (used_min_score / min_score)", self.used_min_score))
+        for name, value in checks:
             if not is_finite_number(value):
                 raise ConfigError(f"the {name} is {value!r}: pass a finite number of nats (e.g. 0.0)")
         if self.id_key is not None and not isinstance(self.id_key, str):
             raise ConfigError(f"id_key={self.id_key!r}: pass the metadata key (a str) holding document ids, or None")
-        if self.used_min_share is not None and not (is_finite_number(self.used_min_share)
-                                                    and 0 <= self.used_min_share <= 1):
-            raise ConfigError(f"the used-share threshold (used_min_share / min_share) is {self.used_min_share!r}: "
+        share = self.used_min_share
+        if share is not UNSET and share is not None and not (is_finite_number(share) and 0 <= share <= 1):
+            raise ConfigError(f"the used-share threshold (used_min_share / min_share) is {share!r}: "
                               "pass a share in [0, 1], or None to disable the share rule")
+        if self.rule is not None and not isinstance(self.rule, DecisionRule):
+            raise ConfigError(f"rule={type(self.rule).__name__}: pass an attribot_rag.decisions.DecisionRule, "
+                              "or None for the core's default rule")
+
+    def resolved_rule(self) -> DecisionRule:
+        """The decision rule in force: ``rule`` (else the core's ``DEFAULT_RULE``) with the overrides.
+
+        With no override it *is* that rule object (``CiteOptions().resolved_rule() is DEFAULT_RULE``).
+        """
+        base = self.rule if self.rule is not None else DEFAULT_RULE
+        return base.with_options(min_loo=self.used_min_score, min_share=self.used_min_share)
 
 
 def call_options(options: CiteOptions, kwargs: Mapping[str, Any], names: Mapping[str, str], who: str) -> CiteOptions:
@@ -268,9 +292,10 @@ def cite(
     # The core may drop sources to fit the context window (``overflow=``): its result then lists
     # only the kept ones, so map back to the retrieved list by id, never by position.
     positions = {src.id: i for i, src in enumerate(sources)}
-    citations = citation_dicts(result, options.top_k, options.min_score, positions)
-    used = used_documents(documents, result, options.used_min_score, options.used_min_share, positions)
-    summary = summarize(result, attributor, citations, options, positions)
+    decisions = result.decisions(options.resolved_rule())  # every verdict, from the core's one rule
+    citations = citation_dicts(result, options.top_k, options.min_score, positions, decisions)
+    used = used_documents(documents, result, decisions, positions)
+    summary = summarize(result, attributor, citations, decisions, positions)
     message = answer if isinstance(answer, AIMessage) else None
     if isinstance(answer, AIMessageChunk):
         message = message_chunk_to_message(answer)  # a streamed answer, aggregated
@@ -279,9 +304,15 @@ def cite(
 
 
 def citation_dicts(
-    result: AttributionResult, top_k: int | None, min_score: float, positions: Mapping[str, int] | None = None
+    result: AttributionResult,
+    top_k: int | None,
+    min_score: float,
+    positions: Mapping[str, int] | None = None,
+    decisions: Decisions | None = None,
 ) -> list[dict[str, Any]]:
-    """Ranked, JSON-ready citations.
+    """Ranked, JSON-ready citations: the decision rule's citations (``decisions.citations``: only
+    used documents, only supported answer sentences, none for an unsupported answer), those
+    scoring above ``min_score``, the best ``top_k`` of them.
 
     Each: ``rank``, ``source_index`` (position in the retrieved list), ``document_id``,
     ``metadata``, ``sentence_index``, ``sentence``, ``start``/``end`` (offsets of the sentence
@@ -290,12 +321,15 @@ def citation_dicts(
     the answer text), and ``scored_by`` (the model that scored it).
 
     ``positions``: document id -> position in the retrieved list (default: the result's own order).
+    ``decisions``: the verdicts to list (default: ``result.decisions()``, the core's default rule).
     """
+    decisions = decisions if decisions is not None else result.decisions()
+    kept = [c for c in decisions.citations if c.score > min_score]  # ranked by score: a cut keeps a prefix
     out = []
-    for c in result.citations(top_k=top_k, min_score=min_score):
+    for rank, c in enumerate(kept[: int(top_k)] if top_k is not None else kept, start=1):
         spans = [result.answer_sentences[j] for j in c.answer_sentences]
         out.append({
-            "rank": c.rank,
+            "rank": rank,
             "source_index": positions[c.source_id] if positions is not None else c.source_index,
             "document_id": c.source_id,
             "metadata": c.metadata,
@@ -315,16 +349,16 @@ def citation_dicts(
 def used_documents(
     documents: Sequence[Document],
     result: AttributionResult,
-    min_score: float,
-    min_share: float | None,
+    decisions: Decisions,
     positions: Mapping[str, int] | None = None,
 ) -> list[Document]:
-    """Copies of the documents the answer used (retrieval order), scores added to their metadata.
+    """Copies of the documents the answer used (``decisions.used``; retrieval order), scores added
+    to their metadata. An answer the context does not support used none.
 
     ``positions``: source id -> index into ``documents`` (needed when the core dropped sources).
     A document the core dropped to fit the context window was not scored, so it is not used.
     """
-    mask = result.used_mask(min_score=min_score, min_share=min_share)
+    mask = decisions.used
     shares = result.source_shares()
     index = positions if positions is not None else {src.id: i for i, src in enumerate(result.sources)}
     return [
@@ -340,31 +374,40 @@ def summarize(
     result: AttributionResult,
     attributor: Attributor,
     citations: list[dict[str, Any]],
-    options: CiteOptions,
+    decisions: Decisions,
     positions: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """A JSON-ready summary: scoring model(s), strategy, per-document scores and usage, timing.
+    """A JSON-ready summary: scoring model(s), strategy, the verdicts, per-document scores, timing.
 
-    ``documents[*].index`` is the position in the retrieved list (``positions``: id -> position);
-    ``dropped_document_ids`` names the documents the core dropped unscored to fit the context window.
+    ``supported``: does the retrieved context support the answer (``None``: not checked);
+    ``lift``: how much the retrieved context raises the answer's log-likelihood (nats, all
+    documents vs none); ``answer_sentences``: per answer sentence ``index``, ``text``,
+    ``start``/``end`` (offsets into the answer), ``supported`` and ``score`` (its lift, nats);
+    ``noise``: the result's noise bound (nats), below which no score counts.
+    ``documents[*].used``/``evidence`` are the rule's verdicts; ``documents[*].index`` is the
+    position in the retrieved list (``positions``: id -> position); ``dropped_document_ids`` names
+    the documents the core dropped unscored to fit the context window.
     """
-    mask = result.used_mask(min_score=options.used_min_score, min_share=options.used_min_share)
-    shares = result.source_shares()
+    mask = decisions.used
     index = positions if positions is not None else {src.id: i for i, src in enumerate(result.sources)}
-    return {
+    return jsonable({
         "model": attributor.target.name,
         "proxy": attributor.proxy.name if attributor.proxy is not None else None,
         "strategy": result.strategy,
+        "supported": decisions.supported,
+        "lift": decisions.lift,
+        "noise": decisions.noise,
         "citations": len(citations),
         "documents": [
-            {"index": index[src.id], "id": src.id, "title": src.title, "score": d.score, "share": sh, "used": u}
-            for src, d, sh, u in zip(result.sources, result.document_scores, shares, mask)
+            {"index": index[src.id], "id": src.id, "title": src.title, "score": v.loo, "share": v.share,
+             "used": v.used, "evidence": list(v.evidence), "sufficiency": v.sufficiency}
+            for src, v in zip(result.sources, decisions.sources)
         ],
         "used_document_ids": [src.id for src, u in zip(result.sources, mask) if u],
         "dropped_document_ids": [src.id for src in result.dropped_sources],
-        "answer_sentences": [{"index": s.index, "start": s.start, "end": s.end} for s in result.answer_sentences],
+        "answer_sentences": [a.to_dict() for a in decisions.answer_sentences],
         "seconds": result.timing.get("total_seconds"),
-    }
+    })
 
 
 # ---------------------------------------------------------------------------------------- messages

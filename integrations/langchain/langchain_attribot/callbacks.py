@@ -11,6 +11,7 @@ from typing import Any
 from uuid import UUID
 
 from attribot_rag import DEFAULT_MODEL, Attributor, ConfigError, PromptTemplate
+from attribot_rag.decisions import UNSET, DecisionRule
 from attribot_rag.errors import is_count
 from langchain_core.callbacks import BaseCallbackHandler, dispatch_custom_event
 from langchain_core.documents import Document
@@ -68,7 +69,8 @@ class AttribotCallbackHandler(BaseCallbackHandler):
 
     Each record holds ``question``, ``answer``, ``documents``, ``citations``,
     ``used_context``, ``cited_answer`` (for message answers; else ``None``) and ``summary``
-    (the same values :class:`~langchain_attribot.AttribotCitations` adds). The record is also
+    (the same values :class:`~langchain_attribot.AttribotCitations` adds; ``summary`` holds
+    ``supported``, ``answer_sentences`` and ``noise``). The record is also
     dispatched as a custom event named ``"attribot_citations"`` to the run's callback handlers
     (their ``on_custom_event``), with the top-level run's id as ``run_id``; this needs the
     top-level run to have had a child step (every LCEL sequence does).
@@ -94,7 +96,8 @@ class AttribotCallbackHandler(BaseCallbackHandler):
         model, proxy, strategy, device, dtype, template, attributor, attributor_kwargs: the
             scoring model (see :class:`~langchain_attribot._settings.ScorerSettings`); the same
             settings as an ``AttribotCitations`` share its loaded model.
-        top_k / min_score / used_min_score / used_min_share / id_key: as in ``AttribotCitations``.
+        top_k / min_score / used_min_score / used_min_share / rule / id_key: as in ``AttribotCitations``
+            (every verdict comes from the core's decision rule, ``DEFAULT_RULE`` unless ``rule`` is given).
         question_key: the top-level input key holding the question (default: auto-detected).
         history_key / history_messages: earlier chat turns in the top-level input (default:
             ``chat_history`` or ``history`` when present), scored as context as in ``AttribotCitations``.
@@ -120,8 +123,9 @@ class AttribotCallbackHandler(BaseCallbackHandler):
         attributor_kwargs: dict[str, Any] | None = None,
         top_k: int | None = 5,
         min_score: float = 0.0,
-        used_min_score: float = 0.1,
-        used_min_share: float | None = None,
+        used_min_score: float = UNSET,
+        used_min_share: float | None = UNSET,
+        rule: DecisionRule | None = None,
         id_key: str | None = None,
         question_key: str | None = None,
         history_key: str | None = None,
@@ -135,7 +139,7 @@ class AttribotCallbackHandler(BaseCallbackHandler):
             raise ConfigError(f"max_results={max_results!r}: pass how many runs' records to keep (an int >= 1)")
         self.scorer = ScorerSettings(model, proxy, strategy, device, dtype, template, attributor,
                                      dict(attributor_kwargs or {}))
-        self.options = CiteOptions(top_k, min_score, used_min_score, used_min_share, id_key)
+        self.options = CiteOptions(top_k, min_score, used_min_score, used_min_share, id_key, rule)
         self.question_key = question_key
         self.history_key = history_key
         self.history_messages = check_history_messages(history_messages)

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, ClassVar
 
 from attribot_rag import DEFAULT_MODEL, Attributor, PromptTemplate
+from attribot_rag.decisions import UNSET, DecisionRule
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import run_in_executor
 from langchain_core.runnables.utils import AddableDict
@@ -59,10 +60,19 @@ class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
       ``answer_spans`` into the answer text, ``scored_by``).
     * ``used_context``: copies of the documents the answer used, in retrieval order, with
       ``attribot_score``/``attribot_share`` added to their metadata.
+    * ``attribot``: a JSON-ready summary: ``supported`` (does the retrieved context support the
+      answer; ``None`` when not checked), ``answer_sentences`` (per answer sentence ``text``,
+      ``start``/``end``, ``supported`` and ``score``, its context lift in nats), ``noise`` (the
+      noise bound, nats), per-document scores and verdicts, the scoring model and timing.
     * ``cited_answer`` (answer is an ``AIMessage``): a copy whose content is text blocks with
       LangChain ``Citation`` annotations (``cited_text``, ``start_index``/``end_index`` into the
-      text, ``title``/``url`` from metadata, scores in ``extras``) and a summary under
+      text, ``title``/``url`` from metadata, scores in ``extras``) and the summary under
       ``response_metadata["attribot"]``.
+
+    Every verdict comes from the core's one decision rule (:mod:`attribot_rag.decisions`,
+    ``DEFAULT_RULE`` unless ``rule`` is given): an answer the documents do not support gets no
+    citations, no annotations and an empty ``used_context``; only used documents are cited, and
+    only for the answer sentences the context supports.
 
     The answer is scored by a local model (``model``, default the embedded SmolLM2-135M), so it
     may come from any chat model, including one behind an API. The model is loaded on first
@@ -72,7 +82,7 @@ class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
     as they arrive and yields the citations last; the chunks add up to ``invoke``'s output.
 
     Per-call options: ``invoke``/``ainvoke``/``batch``/``stream`` (and ``.bind(...)``) accept
-    ``top_k``, ``min_score``, ``used_min_score``, ``used_min_share`` and ``id_key`` as keyword
+    ``top_k``, ``min_score``, ``used_min_score``, ``used_min_share``, ``rule`` and ``id_key`` as keyword
     arguments, overriding the constructor's values for that call (``step.bind(top_k=1)``). Other
     keywords are ignored with a ``UserWarning``, as LangChain's prompts and parsers ignore keywords
     they do not take.
@@ -81,16 +91,18 @@ class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
         model, proxy, strategy, device, dtype, template, attributor, attributor_kwargs: the
             scoring model (see :class:`~langchain_attribot._settings.ScorerSettings`); ``dtype``
             may be a ``torch.dtype`` or a name such as ``"fp32"``/``"bf16"``.
-        top_k: keep the best ``top_k`` citations (``None``: all positively scoring sentences).
-        min_score: keep citations scoring above this many nats.
-        used_min_score / used_min_share: a document is "used" when its leave-one-out score is
-            above ``used_min_score`` nats and (if set) it holds ``used_min_share`` of the total.
+        top_k: keep the best ``top_k`` citations (``None``: every citation the rule keeps).
+        min_score: an extra cut-off on top of the rule: keep citations scoring above this many nats.
+        rule: the :class:`~attribot_rag.decisions.DecisionRule` behind every verdict (``None``:
+            the core's ``DEFAULT_RULE``).
+        used_min_score / used_min_share: overrides of the rule's ``min_loo`` / ``min_share``
+            (``used_min_share=None`` disables the share check); left unset, the rule's own values.
         question_key / documents_key / answer_key: name the input keys explicitly.
         id_key: metadata key to read a document's id from when ``Document.id`` is ``None``.
         history_key: the key holding earlier chat turns (default: ``chat_history`` or ``history``
             when present). They are scored as context before the question, never cited.
         history_messages: keep only the latest this many history messages (``None``: all).
-        citations_key / used_context_key / cited_answer_key: output key names.
+        citations_key / used_context_key / cited_answer_key / summary_key: output key names.
         stream_input: in ``stream``, pass input chunks through (``False``: yield one final chunk).
 
     Raises:
@@ -101,7 +113,7 @@ class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
     # per-call keyword -> CiteOptions field
     _CALL_OPTIONS: ClassVar[Mapping[str, str]] = {
         "top_k": "top_k", "min_score": "min_score", "used_min_score": "used_min_score",
-        "used_min_share": "used_min_share", "id_key": "id_key",
+        "used_min_share": "used_min_share", "id_key": "id_key", "rule": "rule",
     }
 
     def __init__(
@@ -117,8 +129,9 @@ class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
         attributor_kwargs: dict[str, Any] | None = None,
         top_k: int | None = 5,
         min_score: float = 0.0,
-        used_min_score: float = 0.1,
-        used_min_share: float | None = None,
+        used_min_score: float = UNSET,
+        used_min_share: float | None = UNSET,
+        rule: DecisionRule | None = None,
         question_key: str | None = None,
         documents_key: str | None = None,
         answer_key: str | None = None,
@@ -128,11 +141,12 @@ class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
         citations_key: str = "citations",
         used_context_key: str = "used_context",
         cited_answer_key: str = "cited_answer",
+        summary_key: str = "attribot",
         stream_input: bool = True,
     ) -> None:
         self.scorer = ScorerSettings(model, proxy, strategy, device, dtype, template, attributor,
                                      dict(attributor_kwargs or {}))
-        self.options = CiteOptions(top_k, min_score, used_min_score, used_min_share, id_key)
+        self.options = CiteOptions(top_k, min_score, used_min_score, used_min_share, id_key, rule)
         self.question_key = question_key
         self.documents_key = documents_key
         self.answer_key = answer_key
@@ -141,6 +155,7 @@ class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
         self.citations_key = citations_key
         self.used_context_key = used_context_key
         self.cited_answer_key = cited_answer_key
+        self.summary_key = summary_key
         self.stream_input = stream_input
 
     def __repr__(self) -> str:
@@ -176,7 +191,8 @@ class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
 
     def _additions(self, values: Mapping[str, Any], options: CiteOptions | None = None) -> dict[str, Any]:
         cited = self.cite(values, options)  # checks that ``values`` is a mapping
-        out: dict[str, Any] = {self.citations_key: cited.citations, self.used_context_key: cited.used_context}
+        out: dict[str, Any] = {self.citations_key: cited.citations, self.used_context_key: cited.used_context,
+                               self.summary_key: cited.summary}
         if cited.cited_answer is not None:
             out[self.cited_answer_key] = cited.cited_answer
         return out

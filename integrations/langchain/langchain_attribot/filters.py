@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from attribot_rag import DEFAULT_MODEL, Attributor, PromptTemplate
+from attribot_rag.decisions import UNSET, DecisionRule
 from langchain_core.documents import Document
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable, RunnableConfig
@@ -33,17 +34,20 @@ class AttribotDocumentFilter(Runnable[dict[str, Any], list[Document]]):
     """Given the answer, return only the documents it used (after generation, not before).
 
     A retriever's relevance score says what *looks* related to the question; this filter asks
-    what the *answer* relied on: a document is kept when removing it drops the answer's
-    log-likelihood under the local scoring model by more than ``min_score`` nats and, when
-    ``min_share`` is set, it holds at least that share of the total positive drop. Use it to
-    show "sources" under an answer, to log what was actually used, or to prune context for a
-    follow-up turn.
+    what the *answer* relied on. A document is kept when the core's decision rule
+    (:mod:`attribot_rag.decisions`, ``DEFAULT_RULE`` unless ``rule`` is given) calls it used: the
+    retrieved context supports the answer at all, and the document is evidence for it (removing
+    it drops the answer's log-likelihood under the local scoring model by more than the rule's
+    ``min_loo`` nats and ``min_share`` of the total positive drop, or it alone raises the answer's
+    likelihood by the rule's ``min_sufficiency``). An answer the documents do not support keeps
+    none. Use it to show "sources" under an answer, to log what was actually used, or to prune
+    context for a follow-up turn.
 
     As a Runnable it takes the chain's dict (question, ``Document`` list, answer; keys as in
     :class:`~langchain_attribot.AttribotCitations`) and returns the kept documents: copies,
     in retrieval order, with ``attribot_score`` and ``attribot_share`` in their metadata::
 
-        used = AttribotDocumentFilter(min_share=0.2).invoke(
+        used = AttribotDocumentFilter().invoke(
             {"question": q, "context": docs, "answer": answer_text}
         )
 
@@ -51,16 +55,19 @@ class AttribotDocumentFilter(Runnable[dict[str, Any], list[Document]]):
     whole documents only (one forward pass per document), which is all a filter needs.
 
     Per-call options: ``invoke``/``ainvoke``/``batch`` (and ``.bind(...)``) accept ``min_score``,
-    ``min_share`` and ``id_key`` as keyword arguments, overriding the constructor's values for
+    ``min_share``, ``rule`` and ``id_key`` as keyword arguments, overriding the constructor's values for
     that call (``filter.bind(min_share=0.3)``). Other keywords are ignored with a ``UserWarning``,
     as LangChain's prompts and parsers ignore keywords they do not take.
 
     Args:
         model, proxy, strategy, device, dtype, template, attributor, attributor_kwargs: the
             scoring model (see :class:`~langchain_attribot._settings.ScorerSettings`).
-        min_score: keep documents whose leave-one-out score is above this (nats).
-        min_share: ... and (when set) whose share of the total positive score is at least this.
-            For a share-only rule, set ``min_score=0.0``.
+        rule: the :class:`~attribot_rag.decisions.DecisionRule` deciding "used" (``None``: the
+            core's ``DEFAULT_RULE``).
+        min_score: override of the rule's ``min_loo`` (least leave-one-out score, nats); left
+            unset, the rule's own value.
+        min_share: override of the rule's ``min_share`` (least share of the total positive
+            score; ``None`` disables the share check); left unset, the rule's own value.
         question_key / documents_key / answer_key / id_key / history_key / history_messages: as in
             ``AttribotCitations`` (the answer is scored in its conversation, as there).
 
@@ -71,7 +78,7 @@ class AttribotDocumentFilter(Runnable[dict[str, Any], list[Document]]):
 
     # per-call keyword -> CiteOptions field
     _CALL_OPTIONS: ClassVar[Mapping[str, str]] = {
-        "min_score": "used_min_score", "min_share": "used_min_share", "id_key": "id_key",
+        "min_score": "used_min_score", "min_share": "used_min_share", "id_key": "id_key", "rule": "rule",
     }
 
     def __init__(
@@ -85,8 +92,9 @@ class AttribotDocumentFilter(Runnable[dict[str, Any], list[Document]]):
         template: PromptTemplate | None = None,
         attributor: Attributor | None = None,
         attributor_kwargs: dict[str, Any] | None = None,
-        min_score: float = 0.1,
-        min_share: float | None = None,
+        min_score: float = UNSET,
+        min_share: float | None = UNSET,
+        rule: DecisionRule | None = None,
         question_key: str | None = None,
         documents_key: str | None = None,
         answer_key: str | None = None,
@@ -96,7 +104,8 @@ class AttribotDocumentFilter(Runnable[dict[str, Any], list[Document]]):
     ) -> None:
         self.scorer = ScorerSettings(model, proxy, strategy, device, dtype, template, attributor,
                                      dict(attributor_kwargs or {}))
-        self.options = CiteOptions(top_k=0, used_min_score=min_score, used_min_share=min_share, id_key=id_key)
+        self.options = CiteOptions(top_k=0, used_min_score=min_score, used_min_share=min_share, id_key=id_key,
+                                   rule=rule)
         self.question_key = question_key
         self.documents_key = documents_key
         self.answer_key = answer_key
@@ -104,8 +113,8 @@ class AttribotDocumentFilter(Runnable[dict[str, Any], list[Document]]):
         self.history_messages = check_history_messages(history_messages)
 
     def __repr__(self) -> str:
-        return (f"AttribotDocumentFilter({self.scorer.describe()}, min_score={self.options.used_min_score}, "
-                f"min_share={self.options.used_min_share})")
+        rule = self.options.resolved_rule()
+        return f"AttribotDocumentFilter({self.scorer.describe()}, min_score={rule.min_loo}, min_share={rule.min_share})"
 
     def filter_documents(
         self, documents: Sequence[Document], question: str | BaseMessage, answer: str | BaseMessage

@@ -10,9 +10,17 @@ import itertools
 from typing import Any
 
 import pytest
+from attribot_rag.decisions import DecisionRule
 
 QUESTION = "Who built the Eiffel Tower?"
 ANSWER = "Gustave Eiffel built the tower in 1889. It stands in Paris, the capital of France."
+
+# A random model's context never supports its answer, so the default rule uses and cites nothing.
+# Tests of the leave-one-out mechanics pass this rule: leave-one-out alone decides (no support or
+# sufficiency check, no noise floor), every scored document counts as used (the tiny model scores
+# one document positively) and every positively scoring sentence is cited (``min_citation=0``).
+LOO_RULE = DecisionRule(min_lift=None, min_sufficiency=None, noise_factor=0, min_loo=-1e9, min_share=None,
+                        min_citation=0.0)
 
 
 @pytest.fixture(scope="session")

@@ -114,15 +114,18 @@ def test_callback_handler_stores_errors_and_can_raise(lc_tiny, prompt, fake_llm)
         chain.invoke(QUESTION, config={"callbacks": [strict]})
 
 
-@pytest.mark.parametrize("kwargs", [{"top_k": -1}, {"top_k": 2.5}, {"used_min_share": 5.0}, {"used_min_share": -0.1}])
+@pytest.mark.parametrize("kwargs", [{"top_k": -1}, {"top_k": 2.5}, {"used_min_share": 5.0}, {"used_min_share": -0.1},
+                                    {"rule": "strict"}, {"rule": {"min_loo": 0.5}}])
 def test_bad_options_are_config_errors_in_every_component(lc_tiny, kwargs):
     from attribot_rag import ConfigError
 
     from langchain_attribot import AttribotCallbackHandler, AttribotCitations
 
     for component in (AttribotCitations, AttribotCallbackHandler):
-        with pytest.raises(ConfigError, match="top_k|used-share"):
+        with pytest.raises(ConfigError, match="top_k|used-share|rule=.*DecisionRule"):
             component(lc_tiny, **kwargs)
+    with pytest.raises(ConfigError, match="top_k|used-share|rule=.*DecisionRule"):  # per call too
+        AttribotCitations(lc_tiny).invoke({"question": QUESTION, "context": [], "answer": ANSWER}, **kwargs)
 
 
 NAN, INF = float("nan"), float("inf")

@@ -13,7 +13,7 @@ from langchain_core.runnables import RunnableParallel, RunnablePassthrough
 
 from langchain_attribot import EVENT_NAME, AttribotCallbackHandler, AttribotCitations
 
-from .conftest import ANSWER, QUESTION
+from .conftest import ANSWER, LOO_RULE, QUESTION
 
 
 def _chain(retriever, prompt, llm, step=None):
@@ -25,8 +25,8 @@ def _chain(retriever, prompt, llm, step=None):
 
 
 def test_handler_matches_the_runnable_for_the_same_run(lc_tiny, retriever, prompt, fake_llm):
-    step = AttribotCitations(lc_tiny, top_k=None, used_min_score=0.0)
-    handler = AttribotCallbackHandler(lc_tiny, top_k=None, used_min_score=0.0)
+    step = AttribotCitations(lc_tiny, top_k=None, rule=LOO_RULE, used_min_score=0.0)
+    handler = AttribotCallbackHandler(lc_tiny, top_k=None, rule=LOO_RULE, used_min_score=0.0)
     run_id = uuid.uuid4()
     out = _chain(retriever, prompt, fake_llm, step).invoke(QUESTION, config={"callbacks": [handler], "run_id": run_id})
     record = handler.get(run_id)
@@ -36,22 +36,23 @@ def test_handler_matches_the_runnable_for_the_same_run(lc_tiny, retriever, promp
     assert [d.id for d in record["documents"]] == [d.id for d in out["context"]]
     # the model's own output was an AIMessage: the handler annotates it as the Runnable would
     assert isinstance(record["answer"], AIMessage) and record["cited_answer"].text == ANSWER
-    assert record["summary"]["used_document_ids"] == [d.id for d in out["used_context"]]
+    assert record["summary"]["used_document_ids"] == [d.id for d in out["used_context"]] and out["used_context"]
+    assert record["summary"] == {**out["attribot"], "seconds": record["summary"]["seconds"]}
 
 
 def test_handler_on_a_chain_without_the_step(lc_tiny, retriever, prompt, fake_llm, values):
-    handler = AttribotCallbackHandler(lc_tiny)
+    handler = AttribotCallbackHandler(lc_tiny, rule=LOO_RULE)
     chain = RunnableParallel(context=retriever, question=RunnablePassthrough()) | prompt | fake_llm
     msg = chain.invoke(QUESTION, config={"callbacks": [handler]})
     assert msg.text == ANSWER and isinstance(msg.content, str)  # a callback cannot change the output
     record = handler.latest
-    ref = AttribotCitations(lc_tiny).invoke({**values, "answer": msg})
-    assert record["citations"] == ref["citations"]
+    ref = AttribotCitations(lc_tiny, rule=LOO_RULE).invoke({**values, "answer": msg})
+    assert record["citations"] == ref["citations"] and ref["citations"]
     assert record["cited_answer"].content == ref["cited_answer"].content
 
 
 def test_handler_batch_streaming_and_async_match_invoke(lc_tiny, retriever, prompt, fake_llm):
-    handler = AttribotCallbackHandler(lc_tiny, top_k=None)
+    handler = AttribotCallbackHandler(lc_tiny, top_k=None, rule=LOO_RULE)
     chain = _chain(retriever, prompt, fake_llm)
     questions = [QUESTION, "Where is the tower?", "Which city is the capital of France?"]
     expected = []
@@ -153,12 +154,12 @@ def test_handler_and_filter_score_a_chat_turn_in_its_conversation(lc_tiny, retri
     chain = (RunnablePassthrough.assign(context=(lambda x: x["question"]) | retriever)
              | RunnablePassthrough.assign(answer=prompt | fake_llm | StrOutputParser()))
     history = [HumanMessage("Tell me about the Eiffel Tower."), AIMessage("It is in Paris.")]
-    handler = AttribotCallbackHandler(lc_tiny, top_k=None, used_min_score=-1e9)
+    handler = AttribotCallbackHandler(lc_tiny, top_k=None, rule=LOO_RULE)
     out = chain.invoke({"question": QUESTION, "chat_history": history}, config={"callbacks": [handler]})
-    step = AttribotCitations(lc_tiny, top_k=None, used_min_score=-1e9).cite(out)
-    alone = AttribotCitations(lc_tiny, top_k=None, used_min_score=-1e9, history_messages=0).cite(out)
+    step = AttribotCitations(lc_tiny, top_k=None, rule=LOO_RULE).cite(out)
+    alone = AttribotCitations(lc_tiny, top_k=None, rule=LOO_RULE, history_messages=0).cite(out)
     scores = [d["score"] for d in step.summary["documents"]]
     assert len(step.result.history) == 2 and scores != [d["score"] for d in alone.summary["documents"]]
     assert [d["score"] for d in handler.latest["summary"]["documents"]] == scores
-    used = AttribotDocumentFilter(lc_tiny, strategy="auto", min_score=-1e9).invoke(out)
+    used = AttribotDocumentFilter(lc_tiny, strategy="auto", rule=LOO_RULE).invoke(out)
     assert [d.metadata["attribot_score"] for d in used] == scores

@@ -17,12 +17,12 @@ from langchain_core.runnables import RunnableParallel, RunnablePassthrough
 
 from langchain_attribot import SCORE_KEY, SHARE_KEY, AttribotCitations, shared_attributor, shared_model
 
-from .conftest import ANSWER, QUESTION
+from .conftest import ANSWER, LOO_RULE, QUESTION
 
 
 def _step(lc_tiny, **kw) -> AttribotCitations:
     kw.setdefault("top_k", None)
-    kw.setdefault("used_min_score", 0.0)
+    kw.setdefault("rule", LOO_RULE)  # leave-one-out mechanics: the default rule cites nothing on a random model
     return AttribotCitations(lc_tiny, **kw)
 
 
@@ -41,6 +41,8 @@ def _sum(chunks):
 def _comparable(out: dict) -> dict:
     """Everything in a step's output but timings (which differ run to run)."""
     res = {k: v for k, v in out.items() if k != "cited_answer"}
+    if "attribot" in out:
+        res["attribot"] = {**out["attribot"], "seconds": None}
     if "cited_answer" in out:
         msg = out["cited_answer"]
         meta = {**msg.response_metadata, "attribot": {**msg.response_metadata["attribot"], "seconds": None}}
@@ -52,12 +54,14 @@ def test_invoke_adds_json_ready_citations_that_match_the_core(lc_tiny, lc_attrib
     step = _step(lc_tiny)
     out = step.invoke(values)
     assert step.attributor is lc_attributor  # resolved through the shared cache
-    assert {k: out[k] for k in values} == values and set(out) == {*values, "citations", "used_context"}
+    assert {k: out[k] for k in values} == values
+    assert set(out) == {*values, "citations", "used_context", "attribot"}
     cites = out["citations"]
     json.dumps(cites)  # JSON-serialisable as is
     assert cites, "the tiny model scores some sentence positively"
     core = _core(lc_attributor, docs)
-    expected = core.citations()
+    expected = core.decisions(LOO_RULE).citations  # the rule's citations: only documents it calls used
+    assert {c.source_id for c in expected} <= {s.id for s, u in zip(core.sources, core.decisions(LOO_RULE).used) if u}
     assert [(c["document_id"], c["sentence_index"]) for c in cites] == [(c.source_id, c.sentence_index)
                                                                          for c in expected]
     assert [c["score"] for c in cites] == pytest.approx([c.score for c in expected])
@@ -78,7 +82,7 @@ def test_used_context_follows_the_core_rule(lc_tiny, lc_attributor, values, docs
     for min_score, min_share in ((0.0, None), (0.02, None), (0.0, 0.3), (1e9, None)):
         out = _step(lc_tiny, used_min_score=min_score, used_min_share=min_share).invoke(values)
         core = _core(lc_attributor, docs)
-        mask = core.used_mask(min_score=min_score, min_share=min_share)
+        mask = core.used_mask(min_score=min_score, min_share=min_share, rule=LOO_RULE)
         used = out["used_context"]
         assert [d.id for d in used] == [d.id for d, m in zip(docs, mask) if m]
         for d in used:
@@ -102,7 +106,8 @@ def test_aimessage_answer_gets_citation_annotations(lc_tiny, values):
     assert isinstance(cited, AIMessage) and cited.id == "run-1" and cited.text == ANSWER
     assert cited.response_metadata["model_name"] == "api-model"
     summary = cited.response_metadata["attribot"]
-    json.dumps(summary)
+    assert summary == out["attribot"]
+    json.dumps(summary, allow_nan=False)
     assert summary["model"] == "tiny" and [d["id"] for d in summary["documents"]] == ["capitals", "tower", "fox"]
     [block] = cited.content
     assert block["type"] == "text" and block["text"] == ANSWER
@@ -173,7 +178,7 @@ def test_batch_and_abatch_match_invoke(lc_tiny, values, docs):
 def test_stream_passes_input_through_then_yields_citations(lc_tiny, values):
     step = _step(lc_tiny)
     chunks = list(step.stream(values))
-    assert chunks[0] == values and set(chunks[-1]) == {"citations", "used_context"}
+    assert chunks[0] == values and set(chunks[-1]) == {"citations", "used_context", "attribot"}
     assert _comparable(_sum(chunks)) == _comparable(step.invoke(values))
 
     async def collect():
@@ -227,7 +232,7 @@ def test_ainvoke_does_not_block_the_event_loop(lc_tiny, values):
             time.sleep(0.4)  # stands in for a long CPU-bound attribution
             return super().attribute(*args, **kwargs)
 
-    step = AttribotCitations(attributor=SlowAttributor(lc_tiny), top_k=None)
+    step = AttribotCitations(attributor=SlowAttributor(lc_tiny), top_k=None, rule=LOO_RULE)
 
     async def main():
         ticks = 0
@@ -310,7 +315,7 @@ def test_chat_history_is_scored_as_context(lc_tiny, lc_attributor, values, docs)
     history = [SystemMessage("be brief"), HumanMessage("Tell me about Paris."), AIMessage("It is in France.")]
     turns = [{"role": "user", "content": "Tell me about Paris."}, {"role": "assistant", "content": "It is in France."}]
     sources = [{"id": d.id, "text": d.page_content, "metadata": d.metadata} for d in docs]
-    expected = lc_attributor.attribute(QUESTION, sources, ANSWER, history=turns).citations()
+    expected = lc_attributor.attribute(QUESTION, sources, ANSWER, history=turns).decisions(LOO_RULE).citations
     plain = _step(lc_tiny).invoke(values)["citations"]
     for step, vals in [(_step(lc_tiny), {**values, "chat_history": history}),
                        (_step(lc_tiny, history_key="msgs"), {**values, "msgs": history})]:
@@ -340,7 +345,8 @@ def test_documents_the_core_drops_to_fit_the_window_keep_their_own_scores():
             Document(id="b", page_content="The quick brown fox jumps over the lazy dog. " * 12,
                      metadata={"score": 0.1}),
             Document(id="c", page_content="Berlin is in Germany. Rome is in Italy.", metadata={"score": 0.5})]
-    cited = AttribotCitations(attributor=att, used_min_score=-1e9, min_score=-1e9, top_k=None).cite(
+    every = LOO_RULE.with_options(min_loo=-1e9, min_citation=-1e9)  # every scored document and sentence
+    cited = AttribotCitations(attributor=att, rule=every, min_score=-1e9, top_k=None).cite(
         {"question": "Capital of France?", "context": docs, "answer": "Paris."})
     core = cited.result
     assert [s.id for s in core.dropped_sources] == ["b"]
@@ -373,12 +379,15 @@ def test_numpy_metadata_stays_numeric(lc_tiny, values, docs):
 def test_bind_and_call_kwargs_override_options(lc_tiny, values):
     from attribot_rag import ConfigError
 
-    step = AttribotCitations(lc_tiny, top_k=5, used_min_score=0.0)
+    step = AttribotCitations(lc_tiny, top_k=5, rule=LOO_RULE)
     full = step.invoke(values)
     assert len(full["citations"]) >= 2 and full["used_context"]  # else the overrides below would prove nothing
-    bound = step.bind(top_k=1, used_min_score=1e9)
+    unused = step.bind(used_min_score=1e9).invoke(values)  # no document used: nothing is cited either
+    assert unused["used_context"] == [] and unused["citations"] == []
+    assert step.invoke(values, used_min_score=1e9)["used_context"] == []
+    bound = step.bind(top_k=1)
     one = bound.invoke(values)
-    assert one["citations"] == full["citations"][:1] and one["used_context"] == []
+    assert one["citations"] == full["citations"][:1] and one["used_context"] == full["used_context"]
     assert step.invoke(values, top_k=1)["citations"] == one["citations"]
     assert asyncio.run(bound.ainvoke(values))["citations"] == one["citations"]
     assert [o["citations"] for o in bound.batch([values, values])] == [one["citations"]] * 2
@@ -394,3 +403,81 @@ def test_bind_and_call_kwargs_override_options(lc_tiny, values):
         assert step.bind(topk=1).invoke(values)["citations"] == full["citations"]
     with pytest.raises(ConfigError, match="top_k=-1"):
         step.bind(top_k=-1).invoke(values)
+
+
+def test_every_component_decides_by_the_cores_default_rule(lc_tiny):
+    """No integration-specific thresholds: left alone, the rule in force *is* the core's DEFAULT_RULE."""
+    from dataclasses import replace
+
+    from attribot_rag.decisions import DEFAULT_RULE
+
+    from langchain_attribot import AttribotCallbackHandler, AttribotDocumentFilter, CiteOptions
+
+    assert CiteOptions().resolved_rule() is DEFAULT_RULE
+    for component in (AttribotCitations(lc_tiny), AttribotCallbackHandler(lc_tiny), AttribotDocumentFilter(lc_tiny)):
+        assert component.options.resolved_rule() is DEFAULT_RULE
+    # the used_* options (the filter's min_score / min_share) override the rule's fields, None disables
+    assert CiteOptions(used_min_score=0.3, used_min_share=None).resolved_rule() == replace(
+        DEFAULT_RULE, min_loo=0.3, min_share=None)
+    share = AttribotDocumentFilter(lc_tiny, min_share=0.2).options.resolved_rule()
+    assert share == replace(DEFAULT_RULE, min_share=0.2)
+    assert CiteOptions(rule=LOO_RULE).resolved_rule() is LOO_RULE
+    assert CiteOptions(rule=LOO_RULE, used_min_score=1.0).resolved_rule() == replace(LOO_RULE, min_loo=1.0)
+
+
+def test_an_unsupported_answer_gets_no_citations(lc_tiny, lc_attributor, values, docs):
+    """A random model's context does not support the answer: no citations, annotations or used documents."""
+    from langchain_attribot import AttribotDocumentFilter
+
+    msg = AIMessage(content=ANSWER)
+    core = _core(lc_attributor, docs)
+    assert core.decisions().supported is False
+    # under a rule that ignores support the same inputs are cited: the empty lists below come from the verdict
+    loo = AttribotCitations(lc_tiny, top_k=None, rule=LOO_RULE).invoke({**values, "answer": msg})
+    assert loo["citations"] and loo["used_context"] and loo["cited_answer"].content[0].get("annotations")
+
+    step = AttribotCitations(lc_tiny, top_k=None)
+    out = step.invoke({**values, "answer": msg})
+    assert out["citations"] == [] and out["used_context"] == []
+    [block] = out["cited_answer"].content
+    assert block["text"] == ANSWER and "annotations" not in block
+    assert not [a for b in out["cited_answer"].content_blocks for a in b.get("annotations", [])]
+    summary = out["cited_answer"].response_metadata["attribot"]
+    assert summary == out["attribot"]
+    assert summary["supported"] is False and summary["citations"] == 0 and summary["used_document_ids"] == []
+    assert not any(d["used"] for d in summary["documents"])
+    assert step.cite(values).result.marked_answer() == ANSWER  # no [n] markers either
+    # a per-call min_score cannot bring citations back: it only cuts further
+    assert step.invoke(values, min_score=-1e9)["citations"] == []
+    assert AttribotDocumentFilter(lc_tiny).invoke(values) == []
+    assert AttribotDocumentFilter(lc_tiny, min_score=-1e9, min_share=None).invoke(values) == []
+
+
+def test_the_handler_cites_nothing_for_an_unsupported_answer(lc_tiny, retriever, prompt, fake_llm):
+    from langchain_attribot import AttribotCallbackHandler
+
+    chain = RunnableParallel(context=retriever, question=RunnablePassthrough()) | prompt | fake_llm
+    handler = AttribotCallbackHandler(lc_tiny, top_k=None, raise_error=True)
+    chain.invoke(QUESTION, config={"callbacks": [handler]})
+    record = handler.latest
+    assert record["citations"] == [] and record["used_context"] == [] and record["summary"]["supported"] is False
+    assert "annotations" not in record["cited_answer"].content[0]
+
+
+def test_summary_reports_support_answer_sentences_and_noise(lc_tiny, lc_attributor, values, docs):
+    out = _step(lc_tiny, rule=None).invoke({**values, "answer": AIMessage(ANSWER)})
+    summary = out["cited_answer"].response_metadata["attribot"]
+    json.dumps(summary, allow_nan=False)
+    verdicts = _core(lc_attributor, docs).decisions()
+    assert summary["supported"] is verdicts.supported is False
+    assert summary["noise"] == pytest.approx(verdicts.noise) and summary["noise"] > 0
+    sentences = summary["answer_sentences"]
+    assert len(sentences) == 2
+    for s, v in zip(sentences, verdicts.answer_sentences):
+        assert {"text", "start", "end", "supported", "score"} <= set(s)
+        assert ANSWER[s["start"]:s["end"]] == s["text"] == v.text
+        assert s["supported"] is v.supported and s["score"] == pytest.approx(v.score)
+    assert [d["used"] for d in summary["documents"]] == verdicts.used
+    # a rule that checks no support reports None, and per-call ``rule`` replaces the constructor's
+    unchecked = _step(lc_tiny, rule=None).invoke(values, rule=LOO_RULE)["attribot"]
+    assert unchecked["supported"] is None and all(s["supported"] is None for s in unchecked["answer_sentences"])

@@ -1,4 +1,7 @@
-"""The unused-document filter: the core's used-source rule, applied to LangChain Documents."""
+"""The unused-document filter: the core's used-source rule, applied to LangChain Documents.
+
+A random model's context never supports its answer, so the default rule keeps nothing; the
+leave-one-out mechanics are tested under ``LOO_RULE`` (leave-one-out alone decides)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from langchain_core.messages import AIMessage
 
 from langchain_attribot import SCORE_KEY, SHARE_KEY, AttribotDocumentFilter, shared_attributor
 
-from .conftest import ANSWER, QUESTION
+from .conftest import ANSWER, LOO_RULE, QUESTION
 
 
 def _core(lc_tiny, docs):
@@ -19,10 +22,10 @@ def _core(lc_tiny, docs):
 
 @pytest.mark.parametrize("min_score,min_share", [(0.0, None), (0.01, None), (0.0, 0.25), (0.0, 0.5), (1e9, None)])
 def test_filter_keeps_what_the_core_calls_used(lc_tiny, docs, min_score, min_share):
-    kept = AttribotDocumentFilter(lc_tiny, min_score=min_score, min_share=min_share).filter_documents(
+    kept = AttribotDocumentFilter(lc_tiny, min_score=min_score, min_share=min_share, rule=LOO_RULE).filter_documents(
         docs, QUESTION, ANSWER)
     core = _core(lc_tiny, docs)
-    mask = core.used_mask(min_score=min_score, min_share=min_share)
+    mask = core.used_mask(min_score=min_score, min_share=min_share, rule=LOO_RULE)
     assert [d.id for d in kept] == [d.id for d, m in zip(docs, mask) if m]
     shares = core.source_shares()
     for d in kept:
@@ -33,15 +36,17 @@ def test_filter_keeps_what_the_core_calls_used(lc_tiny, docs, min_score, min_sha
 
 
 def test_share_rule_keeps_fewer_documents(lc_tiny, docs):
-    loose = AttribotDocumentFilter(lc_tiny, min_score=0.0).filter_documents(docs, QUESTION, ANSWER)
-    strict = AttribotDocumentFilter(lc_tiny, min_score=0.0, min_share=0.5).filter_documents(docs, QUESTION, ANSWER)
+    loose = AttribotDocumentFilter(lc_tiny, min_score=0.0, rule=LOO_RULE).filter_documents(docs, QUESTION, ANSWER)
+    strict = AttribotDocumentFilter(lc_tiny, min_score=0.0, min_share=0.5, rule=LOO_RULE).filter_documents(
+        docs, QUESTION, ANSWER)
     assert loose, "the tiny model scores some document positively"
     assert {d.id for d in strict} <= {d.id for d in loose} and len(strict) <= 1
 
 
 def test_filter_as_a_runnable_sync_and_async(lc_tiny, values):
-    f = AttribotDocumentFilter(lc_tiny, min_score=0.0)
+    f = AttribotDocumentFilter(lc_tiny, min_score=0.0, rule=LOO_RULE)
     direct = f.filter_documents(values["context"], QUESTION, AIMessage(ANSWER))
+    assert direct
     assert [d.id for d in f.invoke(values)] == [d.id for d in direct]
     assert [d.id for d in asyncio.run(f.ainvoke(values))] == [d.id for d in direct]
     assert [d.id for d in asyncio.run(f.afilter_documents(values["context"], QUESTION, ANSWER))] == [
@@ -58,14 +63,14 @@ def test_bind_and_call_kwargs_override_options(lc_tiny, docs):
     from attribot_rag import ConfigError
 
     values = {"question": QUESTION, "context": docs, "answer": ANSWER}
-    f = AttribotDocumentFilter(lc_tiny, min_score=1e9)
+    f = AttribotDocumentFilter(lc_tiny, min_score=1e9, rule=LOO_RULE)
     assert f.invoke(values) == []
     keep_all = f.bind(min_score=-1e9)
     assert [d.id for d in keep_all.invoke(values)] == [d.id for d in docs]
     assert [d.id for d in f.invoke(values, min_score=-1e9)] == [d.id for d in docs]
     assert [d.id for d in asyncio.run(keep_all.ainvoke(values))] == [d.id for d in docs]
     assert [len(x) for x in keep_all.batch([values, values])] == [len(docs)] * 2
-    share_rule = AttribotDocumentFilter(lc_tiny, min_score=0.0, min_share=0.5).invoke(values)
+    share_rule = AttribotDocumentFilter(lc_tiny, min_score=0.0, min_share=0.5, rule=LOO_RULE).invoke(values)
     assert f.bind(min_score=0.0, min_share=0.5).invoke(values) == share_rule
     assert f.invoke(values) == []  # per call only
     with pytest.warns(UserWarning, match=r"ignores the keyword argument\(s\) \['min_shar'\]"):
