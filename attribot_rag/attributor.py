@@ -388,7 +388,9 @@ class Attributor:
         rendered before the turn holding the sources and the question; context, never ablated.
         """
         started = time.perf_counter()
-        if not isinstance(question, str) or not question.strip():
+        if not isinstance(question, str):
+            raise InputError(f"the question must be a str, not {type(question).__name__}: pass the question's text")
+        if not question.strip():
             raise ConfigError("the question is empty: pass the user's question text")
         if answer is not None and not isinstance(answer, str):
             raise InputError(f"answer must be a str (or None to generate one), not {type(answer).__name__}: "

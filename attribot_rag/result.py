@@ -238,10 +238,11 @@ class AttributionResult:
         return "".join(out)
 
     def to_dict(self, top_k: int | None = None) -> dict[str, Any]:
-        """A JSON-ready dict: ``answer``, ``citations``, ``sources``, ``answer_sentences``, ``timing``."""
+        """A strict-JSON-ready dict (see :meth:`to_json` for how odd metadata is written): ``answer``,
+        ``supported``, ``citations``, ``cited``, ``sources``, ``answer_sentences``, ``noise``, ``timing``."""
         verdicts = self.decisions()
         shares = self.source_shares()
-        return {
+        return jsonable({
             "question": self.question,
             "answer": self.answer,
             "strategy": self.strategy,
@@ -267,14 +268,14 @@ class AttributionResult:
             "dropped_sources": [s.id for s in self.dropped_sources],
             "history": [dict(m) for m in self.history],
             "timing": self.timing,
-        }
+        })
 
     def to_json(self, top_k: int | None = None, **kwargs: Any) -> str:
         """:meth:`to_dict` as strict JSON (``kwargs`` go to ``json.dumps``). Metadata values JSON
         cannot hold are written as numbers when they are numbers (numpy scalars and arrays), NaN and
         infinities as ``null``, anything else (and non-string keys) as its ``str``."""
         kwargs.setdefault("allow_nan", False)
-        return json.dumps(jsonable(self.to_dict(top_k=top_k)), **kwargs)
+        return json.dumps(self.to_dict(top_k=top_k), **kwargs)
 
     # Visual citations (see :mod:`attribot_rag.render`).
     def to_html(self, **kwargs: Any) -> str:

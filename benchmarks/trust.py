@@ -166,7 +166,8 @@ def record_of(res: AttributionResult, ex: dict, split: str, condition: str, seco
         "sentences": [[_span(s) for s in row] for row in res.sentence_scores],
         "support": res.support.to_dict(), "noise": res.noise.to_dict(), "strategy": res.strategy,
         "seconds": seconds, "judge_log_odds": judge[0], "judge_seconds": judge[1],
-        "models": res.timing["models"], "machine": machine,
+        "models": res.timing["models"], "support_seconds": res.timing["context_support"]["seconds"],
+        "machine": machine,
     }
 
 
@@ -455,6 +456,25 @@ def report(args: argparse.Namespace) -> None:
         (out / f"{stem}.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         (out / f"{stem}.md").write_text(render_markdown(summary) + "\n")
         print(render_markdown(summary))
+    if args.readme:
+        write_readme(out)
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+MARKERS = ("<!-- trust-table:start -->", "<!-- trust-table:end -->")
+
+
+def readme_block(out: Path = OUT) -> str:
+    """The README's trust block: every model's table, rendered from its committed JSON."""
+    parts = [render_markdown(json.loads(p.read_text())) for p in sorted(out.glob("trust_*.json"))
+             if not p.name.startswith(("trust_calibration_", "trust_records_", "trust_noise_"))]
+    return "\n\n".join(parts) if parts else "*(no trust run committed yet)*"
+
+
+def write_readme(out: Path = OUT, readme: Path = README) -> None:
+    text = readme.read_text()
+    start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
+    readme.write_text(text[:start] + "\n" + readme_block(out) + "\n" + text[end:])
 
 
 GOALS = {"top_document_gold": ">= 0.95", "top_sentence_gold": ">= 0.80", "used_precision": ">= 0.85",
@@ -495,6 +515,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-docs", type=int, default=5)
     ap.add_argument("--dtype", default=None, help="default: the library's (bf16 on CPUs with native bf16)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--readme", action="store_true", help="report: also rewrite the README's trust block")
     ap.add_argument("--noise-strategy", default="documents", help="noise: the strategy both dtypes run")
     ap.add_argument("--out", default=str(OUT))
     return ap.parse_args(argv)
