@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ConfigError, is_count, is_finite_number
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .result import AttributionResult, Citation
+    from .result import AttributionResult, Citation, ContextSupport
 
 
 class _Unset:
@@ -50,6 +50,8 @@ class DecisionRule:
     Args:
         min_lift: least context lift (nats) for an answer sentence to be supported (``None``: no
             support check, every answer counts as supported).
+        support_from: ``"lift"`` (all sources vs none) or ``"best"`` (the larger of that and the best
+            single source's sufficiency) as the support score compared with ``min_lift``.
         min_loo: least leave-one-out document score (nats) for "used" by leave-one-out.
         min_share: ... and least share of the positive document scores (``None``: no share rule).
         min_sufficiency: least sufficiency (nats) for "used" by sufficiency (``None``: LOO only).
@@ -61,6 +63,7 @@ class DecisionRule:
     """
 
     min_lift: float | None = 1.0
+    support_from: str = "lift"
     min_loo: float = 0.5
     min_share: float | None = 0.05
     min_sufficiency: float | None = 1.0
@@ -79,6 +82,8 @@ class DecisionRule:
                 raise ConfigError(f"{key} must be a finite number or None, got {getattr(self, key)!r}")
         if self.min_share is not None and not (is_finite_number(self.min_share) and 0 <= self.min_share <= 1):
             raise ConfigError(f"min_share must be a number in [0, 1] or None, got {self.min_share!r}")
+        if self.support_from not in ("lift", "best"):
+            raise ConfigError(f"support_from must be 'lift' or 'best', got {self.support_from!r}")
         if self.noise_factor < 0:
             raise ConfigError(f"noise_factor must be >= 0, got {self.noise_factor!r}")
         for key in ("mark_top_k", "marks_per_sentence"):
@@ -179,6 +184,17 @@ def _evidence(s: SourceVerdict) -> float:
     return max(s.loo, s.sufficiency if s.sufficiency is not None else -math.inf)
 
 
+def _support_score(rule: DecisionRule, support: ContextSupport, j: int | None) -> float:
+    """Context lift of answer sentence ``j`` (``None``: the whole answer); with ``support_from="best"``,
+    the larger of it and the best single source's sufficiency (small models can read one source
+    better than all of them at once)."""
+    lift = support.lift[j] if j is not None else support.total_lift
+    if rule.support_from == "lift" or not support.sufficiency:
+        return float(lift)
+    alone = [row[j] if j is not None else sum(row) for row in support.sufficiency]
+    return float(max(lift, max(alone)))
+
+
 def _decide(rule: DecisionRule, result: AttributionResult) -> Decisions:
     from .result import _shares, _supports
 
@@ -196,10 +212,10 @@ def _decide(rule: DecisionRule, result: AttributionResult) -> Decisions:
     verdicts = []
     for j, s in enumerate(result.answer_sentences):
         thr = max(rule.min_lift, floor(tokens[j])) if rule.min_lift is not None else -math.inf
-        score = support.lift[j] if support is not None else None
+        score = _support_score(rule, support, j) if support is not None else None
         ok = bool(score > thr and tokens[j] > 0) if check else None
         verdicts.append(AnswerSentenceVerdict(j, s.text, s.start, s.end, ok, score, thr))
-    lift = sum(support.lift) if support is not None else None
+    lift = _support_score(rule, support, None) if support is not None else None
     supported = bool(lift > max(rule.min_lift, floor(total_tokens))) if check else None
     sentence_ok = [v.supported is not False for v in verdicts]
 

@@ -368,6 +368,7 @@ def best_judge_threshold(pairs: list[tuple[dict, dict]]) -> float:
 
 GRID = {
     "min_lift": (0.0, 0.5, 1.0, 2.0, 3.0),
+    "support_from": ("lift", "best"),
     "min_loo": (0.25, 0.5, 1.0, 2.0),
     "min_share": (None, 0.05, 0.15),
     "min_sufficiency": (None, 0.5, 1.0, 2.0, 4.0),
