@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from attribot_rag.decisions import DecisionRule
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.base.llms.types import CompletionResponse, CompletionResponseGen, LLMMetadata
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
@@ -24,6 +25,19 @@ TEXTS = {
     "tower": ("The Eiffel Tower was built in 1889. Gustave Eiffel built it. The dog is lazy.", {"title": "Tower"}),
     "fox": ("The quick brown fox jumps over the lazy dog.", {"title": "Fox"}),
 }
+
+# A random model's context never supports its answer, so the default rule uses and cites nothing.
+# Tests of the leave-one-out mechanics pass this rule: leave-one-out alone decides (no support or
+# sufficiency check, no noise floor), every scored node counts as used unless ``min_score`` says
+# otherwise, and every positively scoring sentence is cited (``min_citation=0``).
+LOO_RULE = DecisionRule(min_lift=None, min_sufficiency=None, noise_factor=0, min_loo=-1e9, min_share=None,
+                        min_citation=0.0)
+
+
+@pytest.fixture
+def loo_rule() -> DecisionRule:
+    """:data:`LOO_RULE` (test modules are not importable under ``--import-mode=importlib``)."""
+    return LOO_RULE
 
 
 @pytest.fixture(scope="session")

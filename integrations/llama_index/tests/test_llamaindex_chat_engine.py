@@ -34,8 +34,8 @@ def _check(response, nodes, answer):
 
 
 @pytest.mark.parametrize("kind", list(ENGINES))
-def test_chat_citations(kind, attributor, retriever, llm, nodes, question, answer):
-    engine = _chat_engine(kind, attributor, retriever, llm)
+def test_chat_citations(kind, attributor, retriever, llm, nodes, question, answer, loo_rule):
+    engine = _chat_engine(kind, attributor, retriever, llm, rule=loo_rule)
     response = engine.chat(question)
     assert isinstance(response, AgentChatResponse)
     meta = _check(response, nodes, answer)
@@ -49,8 +49,9 @@ def test_chat_citations(kind, attributor, retriever, llm, nodes, question, answe
     ]
 
 
-def test_condensed_question_is_attributed_with(attributor, retriever, llm, nodes, question, answer, condensed):
-    engine = _chat_engine("condense_plus_context", attributor, retriever, llm)
+def test_condensed_question_is_attributed_with(attributor, retriever, llm, nodes, question, answer, condensed,
+                                              loo_rule):
+    engine = _chat_engine("condense_plus_context", attributor, retriever, llm, rule=loo_rule)
     engine.chat(question)
     follow_up = engine.chat("And when?")
     meta = _check(follow_up, nodes, answer)
@@ -60,9 +61,10 @@ def test_condensed_question_is_attributed_with(attributor, retriever, llm, nodes
 
 
 @pytest.mark.parametrize("kind", list(ENGINES))
-def test_stream_chat_consumes_then_attributes(kind, attributor, retriever, make_llm, nodes, question, answer):
-    reference = _chat_engine(kind, attributor, retriever, make_llm()).chat(question)
-    engine = _chat_engine(kind, attributor, retriever, make_llm())
+def test_stream_chat_consumes_then_attributes(kind, attributor, retriever, make_llm, nodes, question, answer,
+                                             loo_rule):
+    reference = _chat_engine(kind, attributor, retriever, make_llm(), rule=loo_rule).chat(question)
+    engine = _chat_engine(kind, attributor, retriever, make_llm(), rule=loo_rule)
     streamed = engine.stream_chat(question)
     assert isinstance(streamed, StreamingAgentChatResponse)
     assert "".join(streamed.response_gen) == answer

@@ -78,11 +78,11 @@ def test_reattributing_keeps_the_original_retrieval_score(attributor, nodes, que
 
 
 @pytest.mark.parametrize("where", [0, 1])
-def test_filter_drops_exactly_the_nodes_under_the_threshold(attributor, nodes, question, answer, where):
+def test_filter_drops_exactly_the_nodes_under_the_threshold(attributor, nodes, question, answer, where, loo_rule):
     scores = _direct_scores(attributor, nodes, question, answer)
     ranked = sorted(scores)
     threshold = (ranked[where] + ranked[where + 1]) / 2  # between two nodes' scores
-    pp = AttribotNodePostprocessor(attributor=attributor, filter_unused=True, min_score=threshold)
+    pp = AttribotNodePostprocessor(attributor=attributor, filter_unused=True, min_score=threshold, rule=loo_rule)
     attributed = pp.attribute_nodes(nodes, question, answer)
     kept = {n.node.node_id for n in attributed.nodes}
     assert kept == {n.node.node_id for n, s in zip(nodes, scores) if s > threshold}
@@ -91,11 +91,12 @@ def test_filter_drops_exactly_the_nodes_under_the_threshold(attributor, nodes, q
     assert all(e["used"] == (e["attribution_score"] > threshold) for e in attributed.metadata["nodes"])
 
 
-def test_min_share_and_top_n(attributor, nodes, question, answer):
+def test_min_share_and_top_n(attributor, nodes, question, answer, loo_rule):
     base = AttribotNodePostprocessor(attributor=attributor).attribute_nodes(nodes, question, answer)
     shares = {e["node_id"]: e["share"] for e in base.metadata["nodes"]}
     cut = sorted(shares.values())[-1]  # only the largest share passes
-    pp = AttribotNodePostprocessor(attributor=attributor, filter_unused=True, min_score=float("-inf"), min_share=cut)
+    pp = AttribotNodePostprocessor(attributor=attributor, filter_unused=True, min_score=-1e9, min_share=cut,
+                                   rule=loo_rule)
     kept = [n.node.node_id for n in pp.postprocess_nodes(nodes, query_str=question, answer=answer)]
     assert kept == [k for k, v in shares.items() if v >= cut]
     top1 = AttribotNodePostprocessor(attributor=attributor, top_n=1).postprocess_nodes(
@@ -104,8 +105,8 @@ def test_min_share_and_top_n(attributor, nodes, question, answer):
     assert [n.node.node_id for n in top1] == [base.nodes[0].node.node_id]
 
 
-def test_citations_name_their_nodes(attributor, nodes, question, answer):
-    attributed = AttribotNodePostprocessor(attributor=attributor, citation_top_k=3).attribute_nodes(
+def test_citations_name_their_nodes(attributor, nodes, question, answer, loo_rule):
+    attributed = AttribotNodePostprocessor(attributor=attributor, citation_top_k=3, rule=loo_rule).attribute_nodes(
         nodes, question, answer
     )
     texts = {n.node.node_id: n.node.text for n in nodes}
@@ -122,8 +123,9 @@ def test_citations_name_their_nodes(attributor, nodes, question, answer):
     assert attributed.metadata["scored_by"] == "tiny"
 
 
-def test_bare_text_mode_passes_the_title_and_offsets_into_the_text(attributor, nodes, question, answer):
-    pp = AttribotNodePostprocessor(attributor=attributor, metadata_mode=MetadataMode.NONE, citation_top_k=None)
+def test_bare_text_mode_passes_the_title_and_offsets_into_the_text(attributor, nodes, question, answer, loo_rule):
+    pp = AttribotNodePostprocessor(attributor=attributor, metadata_mode=MetadataMode.NONE, citation_top_k=None,
+                                   rule=loo_rule)
     attributed = pp.attribute_nodes(nodes, question, answer)
     assert [s.text for s in attributed.result.sources] == [n.node.text for n in nodes]
     assert [s.title for s in attributed.result.sources] == [n.node.metadata["title"] for n in nodes]
@@ -132,6 +134,7 @@ def test_bare_text_mode_passes_the_title_and_offsets_into_the_text(attributor, n
     assert [e["attribution_score"] for e in sorted(attributed.metadata["nodes"], key=lambda e: e["retrieval_rank"])] \
         == pytest.approx([d.score for d in direct], abs=1e-6)
     texts = {n.node.node_id: n.node.text for n in nodes}
+    assert attributed.citations
     for c in attributed.citations:
         assert (c["start"], c["end"]) == (c["content_start"], c["content_end"])
         assert texts[c["node_id"]][c["start"]: c["end"]] == c["sentence"]
@@ -194,7 +197,7 @@ def test_field_validation():
         AttribotNodePostprocessor(min_share=1.5)
 
 
-def test_nodes_the_core_drops_to_fit_the_window_stay_with_their_own_scores():
+def test_nodes_the_core_drops_to_fit_the_window_stay_with_their_own_scores(loo_rule):
     """overflow='drop_lowest_score' drops a middle node: the rest keep their scores, it goes last unscored."""
     from attribot_rag import Attributor
     from attribot_rag.testing import tiny_loaded_model
@@ -206,7 +209,8 @@ def test_nodes_the_core_drops_to_fit_the_window_stay_with_their_own_scores():
              "b": "The quick brown fox jumps over the lazy dog. " * 12,
              "c": "Berlin is in Germany. Rome is in Italy."}
     nodes = [NodeWithScore(node=TextNode(id_=k, text=t), score=s) for (k, t), s in zip(texts.items(), (0.9, 0.1, 0.5))]
-    pp = AttribotNodePostprocessor(attributor=att, metadata_mode=MetadataMode.NONE, citation_top_k=None)
+    pp = AttribotNodePostprocessor(attributor=att, metadata_mode=MetadataMode.NONE, citation_top_k=None,
+                                   rule=loo_rule)
     got = pp.attribute_nodes(nodes, "Capital of France?", "Paris.")
     core = got.result
     assert [s.id for s in core.dropped_sources] == ["b"]
@@ -219,16 +223,17 @@ def test_nodes_the_core_drops_to_fit_the_window_stay_with_their_own_scores():
     cites = got.metadata["citations"]
     assert cites and all(nodes[c["source_index"]].node.node_id == c["node_id"] for c in cites)
     assert all(texts[c["node_id"]][c["start"]:c["end"]] == c["sentence"] for c in cites)
-    filtered = AttribotNodePostprocessor(attributor=att, filter_unused=True, min_score=-1e9).postprocess_nodes(
+    filtered = AttribotNodePostprocessor(attributor=att, filter_unused=True, rule=loo_rule).postprocess_nodes(
         nodes, query_str="Capital of France?", answer="Paris.")
+    assert {n.node.node_id for n in filtered} == {"a", "c"}
     assert "b" not in {n.node.node_id for n in filtered}
 
 
-def test_citation_offsets_index_the_body_when_the_title_repeats_it(attributor):
+def test_citation_offsets_index_the_body_when_the_title_repeats_it(attributor, loo_rule):
     """The LLM sees "title: Paris.\n\nParis." : a citation of the body maps into node.text."""
     node = NodeWithScore(node=TextNode(id_="n1", text="Paris.", metadata={"title": "Paris."}), score=1.0)
     other = NodeWithScore(node=TextNode(id_="n2", text="Rome is in Italy."), score=0.5)
-    pp = AttribotNodePostprocessor(attributor=attributor, citation_top_k=None)
+    pp = AttribotNodePostprocessor(attributor=attributor, citation_top_k=None, rule=loo_rule)
     got = pp.attribute_nodes([node, other], "Capital of France?", "Paris.")
     body = [c for c in got.metadata["citations"] if c["node_id"] == "n1" and c["sentence"] == "Paris."]
     content = node.node.get_content(MetadataMode.LLM)
@@ -337,3 +342,59 @@ def test_attribution_is_reported_to_llamaindex_tracing(attributor, nodes, questi
     assert start.model_name == "tiny" and start.query == question and len(start.nodes) == len(nodes)
     assert len(debug.get_event_pairs(CBEventType.RERANKING)) == 2
     assert sum("attribute_nodes" in s.id_ for s in spans.completed_spans) == 2
+
+
+def test_the_default_rule_is_the_cores(attributor, loo_rule):
+    """No integration-specific thresholds: left alone, the rule in force *is* the core's DEFAULT_RULE."""
+    from dataclasses import replace
+
+    from attribot_rag.decisions import DEFAULT_RULE
+
+    assert AttribotNodePostprocessor().resolved_rule() is DEFAULT_RULE
+    assert AttribotNodePostprocessor(attributor=attributor, filter_unused=True).resolved_rule() is DEFAULT_RULE
+    # min_score / min_share override the rule's min_loo / min_share; min_share=0 disables the share check
+    assert AttribotNodePostprocessor(min_score=0.3, min_share=0.0).resolved_rule() == replace(
+        DEFAULT_RULE, min_loo=0.3, min_share=0.0)
+    assert AttribotNodePostprocessor(rule=loo_rule).resolved_rule() is loo_rule
+    assert AttribotNodePostprocessor(rule=loo_rule, min_share=0.2).resolved_rule() == replace(loo_rule, min_share=0.2)
+    with pytest.raises(ValueError, match="finite"):
+        AttribotNodePostprocessor(min_score=float("-inf"))
+
+
+def test_an_unsupported_answer_keeps_no_node_and_gets_no_citations(attributor, nodes, question, answer, loo_rule):
+    """A random model's context does not support the answer: no citations, filter_unused keeps nothing."""
+    pp = AttribotNodePostprocessor(attributor=attributor, filter_unused=True, citation_top_k=None)
+    got = pp.attribute_nodes(nodes, question, answer)
+    assert got.result.decisions().supported is False
+    assert got.nodes == [] and got.citations == [] and got.metadata["supported"] is False
+    assert not any(e["used"] or e["kept"] for e in got.metadata["nodes"])
+    assert got.result.marked_answer() == answer  # no [n] markers either
+    assert pp.postprocess_nodes(nodes, query_str=question, answer=answer) == []
+    # overrides of min_score / min_share cannot bring nodes back: the answer is not supported
+    loose = AttribotNodePostprocessor(attributor=attributor, filter_unused=True, min_score=-1e9, min_share=0.0)
+    assert loose.postprocess_nodes(nodes, query_str=question, answer=answer) == []
+    # under a rule that ignores support the same inputs keep nodes and are cited: the verdict emptied them
+    cited = AttribotNodePostprocessor(attributor=attributor, filter_unused=True, citation_top_k=None, rule=loo_rule)
+    both = cited.attribute_nodes(nodes, question, answer)
+    assert both.nodes and both.citations and both.metadata["supported"] is None
+    # without filtering, every node is still returned, ranked, but none is used
+    ranked = AttribotNodePostprocessor(attributor=attributor).attribute_nodes(nodes, question, answer)
+    assert len(ranked.nodes) == len(nodes) and ranked.citations == []
+
+
+def test_metadata_reports_support_answer_sentences_and_noise(attributor, nodes, question, answer):
+    import json
+
+    got = AttribotNodePostprocessor(attributor=attributor).attribute_nodes(nodes, question, answer)
+    meta = got.metadata
+    json.dumps({k: v for k, v in meta.items() if k != "timing"}, allow_nan=False)
+    verdicts = got.result.decisions()
+    assert meta["supported"] is verdicts.supported is False
+    assert meta["noise"] == pytest.approx(verdicts.noise) and meta["noise"] > 0
+    assert len(meta["answer_sentences"]) == len(got.result.answer_sentences) == 2
+    for s, v in zip(meta["answer_sentences"], verdicts.answer_sentences):
+        assert {"text", "start", "end", "supported", "score"} <= set(s)
+        assert answer[s["start"]:s["end"]] == s["text"] == v.text
+        assert s["supported"] is v.supported and s["score"] == pytest.approx(v.score)
+    by_id = {e["node_id"]: e for e in meta["nodes"]}
+    assert [by_id[s.id]["used"] for s in got.result.sources] == verdicts.used

@@ -36,8 +36,8 @@ def _summary(response):
     )
 
 
-def test_query_reranks_and_merges_metadata(attributor, retriever, llm, nodes, question, answer):
-    response = _engine(attributor, retriever, llm).query(question)
+def test_query_reranks_and_merges_metadata(attributor, retriever, llm, nodes, question, answer, loo_rule):
+    response = _engine(attributor, retriever, llm, rule=loo_rule).query(question)
     assert isinstance(response, Response) and response.response == answer
     scores = [n.score for n in response.source_nodes]
     assert scores == sorted(scores, reverse=True) and len(scores) == len(nodes)
@@ -53,25 +53,27 @@ def test_query_reranks_and_merges_metadata(attributor, retriever, llm, nodes, qu
     assert all(n.node.metadata[RETRIEVAL_SCORE_KEY] == retrieval[n.node.node_id] for n in response.source_nodes)
 
 
-def test_async_equals_sync(attributor, retriever, llm, question):
-    engine = _engine(attributor, retriever, llm)
+def test_async_equals_sync(attributor, retriever, llm, question, loo_rule):
+    engine = _engine(attributor, retriever, llm, rule=loo_rule)
     sync = engine.query(question)
     asyn = asyncio.run(engine.aquery(question))
     assert _summary(asyn) == _summary(sync)
 
 
-def test_streaming_is_consumed_then_attributed(attributor, retriever, make_llm, question):
-    plain = _engine(attributor, retriever, make_llm()).query(question)
-    streamed = _engine(attributor, retriever, make_llm(), streaming=True).query(question)
-    astreamed = asyncio.run(_engine(attributor, retriever, make_llm(), streaming=True).aquery(question))
+def test_streaming_is_consumed_then_attributed(attributor, retriever, make_llm, question, loo_rule):
+    plain = _engine(attributor, retriever, make_llm(), rule=loo_rule).query(question)
+    assert plain.metadata[METADATA_KEY]["citations"]  # else the comparison below would prove little
+    streamed = _engine(attributor, retriever, make_llm(), streaming=True, rule=loo_rule).query(question)
+    astreamed = asyncio.run(_engine(attributor, retriever, make_llm(), streaming=True, rule=loo_rule).aquery(question))
     assert type(streamed) is Response and type(astreamed) is Response
     assert _summary(streamed) == _summary(plain) == _summary(astreamed)
 
 
-def test_filtering_in_the_engine(attributor, retriever, llm, question):
+def test_filtering_in_the_engine(attributor, retriever, llm, question, loo_rule):
     full = _engine(attributor, retriever, llm).query(question)
     threshold = sorted(n.score for n in full.source_nodes)[0] + 1e-6  # the lowest node falls under it
-    filtered = _engine(attributor, retriever, llm, filter_unused=True, min_score=threshold).query(question)
+    filtered = _engine(attributor, retriever, llm, filter_unused=True, min_score=threshold, rule=loo_rule).query(
+        question)
     assert [n.node.node_id for n in filtered.source_nodes] == [n.node.node_id for n in full.source_nodes[:-1]]
     assert [e["kept"] for e in filtered.metadata[METADATA_KEY]["nodes"]] == [True, True, False]
 
@@ -154,3 +156,21 @@ def test_as_a_pre_generation_postprocessor_it_says_why_it_cannot_run(attributor,
     inner = RetrieverQueryEngine.from_args(retriever, llm=llm, node_postprocessors=[pp])
     with pytest.raises(EmptyAnswerError, match="after generation"):
         inner.query(question)
+
+
+def test_engine_responses_carry_the_cores_verdicts(attributor, retriever, llm, question, answer):
+    """By default the engine decides by the core's DEFAULT_RULE: the tiny model's context does not
+    support the answer, so a filtering engine returns no source node and no citation."""
+    from attribot_rag.decisions import DEFAULT_RULE
+
+    engine = AttributedQueryEngine.from_defaults(RetrieverQueryEngine.from_args(retriever, llm=llm),
+                                                 attributor=attributor, filter_unused=True)
+    assert engine.postprocessor.resolved_rule() is DEFAULT_RULE
+    response = engine.query(question)
+    assert response.response == answer and response.source_nodes == []
+    entry = response.metadata[METADATA_KEY]
+    assert entry["supported"] is False and entry["citations"] == [] and entry["noise"] > 0
+    assert [s["text"] for s in entry["answer_sentences"]] == [
+        "Gustave Eiffel built the tower in 1889.", "Paris is in France."]
+    assert all(set(s) >= {"text", "start", "end", "supported", "score"} and s["supported"] is False
+               for s in entry["answer_sentences"])

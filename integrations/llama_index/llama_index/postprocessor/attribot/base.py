@@ -28,6 +28,7 @@ from attribot_rag import (
     Strategy,
 )
 from attribot_rag.attributor import resolve_strategy
+from attribot_rag.decisions import DEFAULT_RULE, UNSET, DecisionRule
 from attribot_rag.models import _as_dtype
 from attribot_rag.models import shared_model as core_shared_model
 from llama_index.core.bridge.pydantic import Field, field_validator, model_validator
@@ -98,7 +99,8 @@ class AttributedNodes:
                 reason: str) -> AttributedNodes:
         """A turn left unattributed: the nodes as they came, no citations, and why."""
         return cls(nodes=list(nodes), result=None, metadata={
-            "question": question, "answer": answer, "skipped": reason, "citations": [], "nodes": []})
+            "question": question, "answer": answer, "skipped": reason, "supported": None, "citations": [],
+            "nodes": [], "answer_sentences": []})
 
     @property
     def citations(self) -> list[dict[str, Any]]:
@@ -132,8 +134,15 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
     returns copies of the nodes sorted by attribution score (``NodeWithScore.score``; nats of
     answer log-likelihood lost without the node), with the retriever's score kept in the node
     metadata under ``"retrieval_score"``. With ``filter_unused=True`` only the nodes the answer
-    used are returned (document score above ``min_score`` and, when set, share at least
-    ``min_share``). :meth:`attribute_nodes` also returns sentence citations.
+    used are returned. :meth:`attribute_nodes` also returns sentence citations.
+
+    Every verdict comes from the core's one decision rule (:mod:`attribot_rag.decisions`;
+    ``DEFAULT_RULE`` unless ``rule`` is given, :meth:`resolved_rule` is the rule in force):
+    ``supported`` (does the retrieved context support the answer, and each answer sentence),
+    ``used`` (per node: the answer is supported and the node is evidence for it, by its
+    leave-one-out score or by its sufficiency alone) and the citations (only used nodes, only
+    supported answer sentences). An answer the nodes do not support keeps no node under
+    ``filter_unused`` and gets no citations.
 
     The answer can come from any LLM: it is scored as text by the attributor's target model,
     by default the embedded ``"smollm2-135m"`` (loaded on first use), with the prompt LlamaIndex's
@@ -149,7 +158,12 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
         template: the scoring prompt (an :class:`attribot_rag.PromptTemplate`) when no attributor
             is given; ``None`` = :func:`llamaindex_qa_template()` (LlamaIndex's default QA prompt).
         filter_unused: drop the nodes the answer did not use.
-        min_score / min_share: what "used" means (see ``AttributionResult.used_mask``).
+        rule: the :class:`attribot_rag.decisions.DecisionRule` behind every verdict (``None``:
+            the core's ``DEFAULT_RULE``).
+        min_score: override of the rule's ``min_loo`` (least leave-one-out score, nats, for "used"
+            by leave-one-out); ``None`` (default): the rule's own value.
+        min_share: override of the rule's ``min_share`` (least share of the positive leave-one-out
+            total); ``None`` (default): the rule's own value; ``0.0`` disables the share check.
         top_n: keep at most this many nodes after re-ranking (``None`` keeps all).
         citation_top_k: how many sentence citations to report (``None`` = every positive one).
         metadata_mode: which node content is attributed: ``MetadataMode.LLM`` (default) is what
@@ -168,8 +182,15 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
     dtype: str | None = Field(default=None, description="Model dtype ('fp32', 'bf16', ...) when no attributor.")
     device: str | None = Field(default=None, description="Model device when no attributor is given.")
     filter_unused: bool = Field(default=False, description="Drop the nodes the answer did not use.")
-    min_score: float = Field(default=0.1, description="Least document score (nats) for a node to count as used.")
-    min_share: float | None = Field(default=None, description="Least share of the positive score to count as used.")
+    rule: DecisionRule | None = Field(
+        default=None, description="The decision rule behind every verdict (None: attribot_rag's DEFAULT_RULE)."
+    )
+    min_score: float | None = Field(
+        default=None, description="Override of the rule's min_loo (nats); None: the rule's value."
+    )
+    min_share: float | None = Field(
+        default=None, description="Override of the rule's min_share; None: the rule's value, 0 disables it."
+    )
     top_n: int | None = Field(default=None, description="Keep at most this many nodes after re-ranking.")
     citation_top_k: int | None = Field(default=10, description="How many sentence citations to report.")
     metadata_mode: MetadataMode = Field(default=MetadataMode.LLM, description="Which node content to attribute.")
@@ -185,14 +206,16 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
     @classmethod
     def _share(cls, value: float | None) -> float | None:
         if value is not None and not 0 <= value <= 1:
-            raise ValueError("min_share must be in [0, 1] (or None)")
+            raise ValueError("min_share must be in [0, 1] (0 disables the share check; None: the rule's value)")
         return value
 
     @field_validator("min_score")
     @classmethod
-    def _not_nan(cls, value: float) -> float:
-        if math.isnan(value):  # every comparison with NaN is False: no node would ever count as used
+    def _not_nan(cls, value: float | None) -> float | None:
+        if value is not None and math.isnan(value):  # every comparison with NaN is False
             raise ValueError("min_score must be a number of nats, not NaN")
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"min_score must be a finite number of nats, got {value!r}")
         return value
 
     @model_validator(mode="after")
@@ -202,7 +225,15 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
         if self.attributor is None:
             resolve_strategy(self.strategy, has_proxy=self.proxy is not None)  # ConfigError
             _as_dtype(self.dtype)  # ModelError naming the accepted dtypes
+        self.resolved_rule()  # ConfigError for an override the rule does not accept
         return self
+
+    def resolved_rule(self) -> DecisionRule:
+        """The decision rule in force: ``rule`` (else the core's ``DEFAULT_RULE``) with the
+        ``min_score`` / ``min_share`` overrides; with none it *is* that rule object."""
+        base = self.rule if self.rule is not None else DEFAULT_RULE
+        return base.with_options(min_loo=UNSET if self.min_score is None else self.min_score,
+                                 min_share=UNSET if self.min_share is None else self.min_share)
 
     def __deepcopy__(self, memo: dict[int, Any] | None = None) -> AttribotNodePostprocessor:
         """A deep copy that shares the attributor: its loaded model is never duplicated."""
@@ -388,12 +419,13 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
         # the kept ones: map its scores back to the nodes by id, never by position.
         position = {src.id: i for i, src in enumerate(sources)}
         scored = [position[src.id] for src in result.sources]
+        verdicts = result.decisions(self.resolved_rule())  # every verdict, from the core's one rule
         scores: list[float | None] = [None] * len(nodes)
         shares: list[float | None] = [None] * len(nodes)
         used = [False] * len(nodes)  # a dropped node was not scored, so not used
-        for i, d, sh, u in zip(scored, result.document_scores, result.source_shares(),
-                               result.used_mask(self.min_score, self.min_share)):
-            scores[i], shares[i], used[i] = d.score, sh, u
+        evidence: list[list[str]] = [[] for _ in nodes]
+        for i, v in zip(scored, verdicts.sources):
+            scores[i], shares[i], used[i], evidence[i] = v.loo, v.share, v.used, list(v.evidence)
         # stable: ties keep retrieval order; dropped (unscored) nodes go last, in retrieval order
         order = sorted(scored, key=lambda i: -scores[i]) + [i for i in range(len(nodes)) if scores[i] is None]
         kept = [i for i in order if used[i]] if self.filter_unused else list(order)
@@ -409,7 +441,8 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
         ]
         node_ids = [n.node.node_id for n in nodes]
         citations = []
-        for c in result.citations(top_k=self.citation_top_k):
+        cited = verdicts.citations  # ranked; only used nodes, only supported answer sentences
+        for c in cited[: self.citation_top_k] if self.citation_top_k is not None else cited:
             entry = c.to_dict()
             entry.pop("metadata", None)
             i = entry["source_index"] = position[c.source_id]  # in the retrieved list
@@ -423,6 +456,9 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
             "answer": result.answer,
             "strategy": result.strategy,
             "scored_by": self.get_attributor().target.name,
+            "supported": verdicts.supported,
+            "lift": verdicts.lift,
+            "noise": verdicts.noise,
             "citations": citations,
             "nodes": [
                 {
@@ -432,14 +468,13 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
                     "attribution_score": scores[i],
                     "share": shares[i],
                     "used": used[i],
+                    "evidence": evidence[i],
                     "kept": i in kept_set,
                     "dropped": scores[i] is None,  # dropped unscored by the core to fit the context window
                 }
                 for i in order
             ],
-            "answer_sentences": [
-                {"index": s.index, "start": s.start, "end": s.end, "text": s.text} for s in result.answer_sentences
-            ],
+            "answer_sentences": [a.to_dict() for a in verdicts.answer_sentences],
             "timing": result.timing,
         }
         return AttributedNodes(nodes=out, result=result, metadata=metadata)

@@ -69,8 +69,13 @@ class AttributedQueryEngine(CustomQueryEngine):
     * ``source_nodes`` re-ranked by attribution (``NodeWithScore.score`` = attribution score in
       nats; the retriever's score kept in each node's metadata as ``"retrieval_score"``),
       filtered to the nodes the answer used when the postprocessor has ``filter_unused=True``;
-    * ``metadata["attribot"]``: citations (each with its ``node_id``), per-node scores, the
-      answer's sentences and timing, merged next to the synthesizer's ``{node_id: metadata}``.
+    * ``metadata["attribot"]``: ``supported`` (does the retrieved context support the answer;
+      ``None`` when the rule checks no support), ``answer_sentences`` (per sentence ``text``,
+      ``start``/``end``, ``supported`` and ``score``, its context lift in nats), ``noise`` (the
+      noise bound, nats), citations (each with its ``node_id``), per-node scores and verdicts,
+      and timing, merged next to the synthesizer's ``{node_id: metadata}``. The verdicts come
+      from the core's decision rule (see :class:`AttribotNodePostprocessor`): an unsupported
+      answer gets no citations and, with ``filter_unused=True``, no source nodes.
 
     A response with no source nodes or no answer text comes back unattributed, with
     ``metadata["attribot"]["skipped"]`` saying why (see :meth:`AttribotNodePostprocessor.attribute_turn`).
