@@ -238,7 +238,8 @@ def parquet_schema():
     timing = pa.struct([("seconds", pa.float64()), ("forward_passes", pa.int64()), ("forward_tokens", pa.int64())])
     return pa.schema([
         ("index", pa.int64()), ("id", pa.string()), ("question", pa.string()), ("answer", pa.string()),
-        ("strategy", pa.string()), ("citations", pa.list_(citation)), ("sources", pa.list_(source)),
+        ("strategy", pa.string()), ("supported", pa.bool_()), ("citations", pa.list_(citation)),
+        ("sources", pa.list_(source)),
         ("dropped_sources", pa.list_(pa.string())), ("error", pa.string()), ("timing", timing),
     ])
 
@@ -376,10 +377,12 @@ def _check_record(raw: Any) -> tuple[str, str, list, str]:
 
 
 def _result_row(index: int, rid: str, result, top_k: int | None) -> dict:
-    used, shares = result.used_mask(), result.source_shares()
+    verdicts = result.decisions()  # the one decision layer: "supported" and "used" as everywhere else
+    used, shares = verdicts.used, result.source_shares()
     models = result.timing.get("models", {}).values()
     return {
         "index": index, "id": rid, "question": result.question, "answer": result.answer, "strategy": result.strategy,
+        "supported": verdicts.supported,
         "citations": [
             {"rank": c.rank, "source_id": c.source_id, "sentence": c.sentence, "start": c.start, "end": c.end,
              "score": c.score, "share": c.share, "answer_sentences": c.answer_sentences}
@@ -406,7 +409,7 @@ def _error_row(index: int, raw: Any, strategy: str, exc: BaseException, seconds:
     return _safe({
         "index": index, "id": rid,
         "question": _str_or_none(get("question")), "answer": _str_or_none(get("answer")), "strategy": strategy,
-        "citations": [], "sources": [], "dropped_sources": [], "error": _error_text(exc),
+        "supported": None, "citations": [], "sources": [], "dropped_sources": [], "error": _error_text(exc),
         "timing": {"seconds": seconds, "forward_passes": 0, "forward_tokens": 0},
     })
 

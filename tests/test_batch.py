@@ -78,8 +78,9 @@ def test_rows_and_error_rows(small):
     good = [r for r in rows if r["error"] is None]
     assert [r["id"] for r in good] == [f"r{i}" for i in range(12)]
     for r in good:
-        assert list(r) == ["index", "id", "question", "answer", "strategy", "citations", "sources", "dropped_sources",
-                           "error", "timing"]
+        assert list(r) == ["index", "id", "question", "answer", "strategy", "supported", "citations", "sources",
+                           "dropped_sources", "error", "timing"]
+        assert r["supported"] is False  # a random model's context does not support its answer
         assert r["strategy"] == "hierarchical"
         assert 1 <= len(r["citations"]) <= 5
         assert [c["rank"] for c in r["citations"]] == list(range(1, len(r["citations"]) + 1))
