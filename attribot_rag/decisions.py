@@ -196,7 +196,7 @@ def _support_score(rule: DecisionRule, support: ContextSupport, j: int | None) -
 
 
 def _decide(rule: DecisionRule, result: AttributionResult) -> Decisions:
-    from .result import _shares, _supports
+    from .result import _shares
 
     noise = result.noise
     support = result.support
@@ -259,12 +259,17 @@ def _decide(rule: DecisionRule, result: AttributionResult) -> Decisions:
     for c in citations[: rule.mark_top_k]:
         for j in c.answer_sentences:
             mark(j, c.source_index)
-    if support is not None:  # sources used by sufficiency alone mark the sentences they support
-        for s in sources:
-            if s.evidence == ("sufficiency",):
-                for j in _supports(support.sufficiency[s.index]):
-                    if sentence_ok[j] and support.sufficiency[s.index][j] > floor(tokens[j]):
-                        mark(j, s.index)
+    if support is not None and rule.min_sufficiency is not None:
+        # A used source that alone supports a supported answer sentence marks it too: leave-one-out
+        # cannot credit a sentence whose fact another source repeats.
+        for j in range(n_ans):
+            if not sentence_ok[j]:
+                continue
+            best = max((support.sufficiency[s.index][j] for s in sources if s.used), default=0.0)
+            for s in sorted((s for s in sources if s.used), key=lambda s: -support.sufficiency[s.index][j]):
+                x = support.sufficiency[s.index][j]
+                if x > max(rule.min_sufficiency, floor(tokens[j])) and x >= rule.sufficiency_ratio * best:
+                    mark(j, s.index)
     marks = {j: v for j, v in marks.items() if v}
     return Decisions(rule, supported, lift, noise.bound(total_tokens) if noise is not None else 0.0, verdicts,
                      sources, citations, marks)
