@@ -93,10 +93,14 @@ def _cite(args) -> int:
             "citations": [
                 {k: c[k] for k in ("rank", "source_id", "sentence", "start", "end", "score", "share",
                                    "answer_sentences")}
-                for c in d["citations"]
+                for c in d["cited"]  # the decision rule's citations: none for an unsupported answer
             ],
             "sources": [{k: s[k] for k in ("id", "score", "share", "used")} for s in d["sources"]],
             "timing": d["timing"],
+            # the decision layer's support verdicts (score: the context's lift, nats)
+            "supported": d["supported"],
+            "answer_sentences": [{k: a[k] for k in ("text", "start", "end", "supported", "score")}
+                                 for a in d["answer_sentences"]],
         }
         print(json.dumps(out, ensure_ascii=False, indent=2))
         return 0

@@ -30,8 +30,13 @@ def test_cite_json_is_stable(capsys, model_dir, docs_file):
                       "--json", "--strategy", "batched", "--top-k", "3")
     assert code == 0, out.err
     d = json.loads(out.out)
-    assert set(d) == {"question", "answer", "strategy", "citations", "sources", "timing"}
+    assert set(d) == {"question", "answer", "strategy", "citations", "sources", "timing", "supported",
+                      "answer_sentences"}
     assert d["answer"] == "Gustave Eiffel built it."
+    assert d["supported"] is False  # a random model's context does not support the answer
+    assert d["answer_sentences"] == [{"text": "Gustave Eiffel built it.", "start": 0, "end": 24, "supported": False,
+                                      "score": d["answer_sentences"][0]["score"]}]
+    assert isinstance(d["answer_sentences"][0]["score"], float)
     assert len(d["citations"]) <= 3
     for c in d["citations"]:
         assert set(c) >= {"source_id", "sentence", "start", "end", "score", "share"}

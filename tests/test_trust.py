@@ -226,3 +226,13 @@ def test_a_supported_answer_does_not_use_everything(embedded):
     res = embedded.attribute("Who discovered polonium?", CURIE, "Polonium was discovered by Marie and Pierre Curie.")
     used = [s.id for s in res.used_sources()]
     assert res.supported and "polonium" in used and "seine" not in used and len(used) < len(CURIE)
+
+
+def test_readme_trust_block_is_generated_from_the_committed_json():
+    from pathlib import Path
+
+    from benchmarks import trust
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start, end = readme.index(trust.MARKERS[0]) + len(trust.MARKERS[0]), readme.index(trust.MARKERS[1])
+    assert readme[start:end].strip() == trust.readme_block().strip()
