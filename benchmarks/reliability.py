@@ -154,6 +154,7 @@ def summarise(cases: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
 def run(model: str) -> dict[str, Any]:
     started = datetime.now(timezone.utc)
     cases = collect_cases(run=True)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other jobs slow the timing: say so
     overflow = time_overflow(model)
     import torch
 
@@ -163,7 +164,7 @@ def run(model: str) -> dict[str, Any]:
         + (" " if "OMP_NUM_THREADS" in os.environ else "") + "python -m benchmarks.reliability --write",
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                    "torch_threads": torch.get_num_threads()},
+                    "torch_threads": torch.get_num_threads(), "load_1m_before_timing": load},
         "summary": summarise(cases),
         "cases": cases,
         "overflow": overflow,
@@ -204,8 +205,10 @@ def render(data: dict[str, Any]) -> str:
         f"encodings of the whole prompt. The round-1 loop, one re-encoding per dropped source, on the same "
         f"machine: {base}.",
         "",
-        f"Measured {data['date']} on {data['machine']['cpus']} CPU cores (`{data['command']}`, "
-        f"`benchmarks/results/reliability.json`).",
+        f"Measured {data['date']} on {data['machine']['cpus']} CPU cores"
+        + (f", load average {data['machine']['load_1m_before_timing']:.1f} when the timing started"
+           if data["machine"].get("load_1m_before_timing") is not None else "")
+        + f" (`{data['command']}`, `benchmarks/results/reliability.json`).",
         "",
         "<details><summary>Every case</summary>",
         "",
