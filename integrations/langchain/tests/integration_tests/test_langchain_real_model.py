@@ -64,6 +64,7 @@ def test_readme_examples_run_as_written(embeddings, capsys):
     for block in blocks:
         exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
     out = namespace["out"]
+    assert out["attribot"]["supported"] is True  # the answer copies the document's date: the context supports it
     assert out["citations"] and out["citations"][0]["document_id"] == "eiffel"
     assert out["cited_answer"].content[0]["annotations"]
     assert namespace["record"]["citations"]
