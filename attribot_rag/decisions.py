@@ -62,12 +62,14 @@ class DecisionRule:
             most ``marks_per_sentence`` sources an answer sentence.
     """
 
-    min_lift: float | None = 1.0
-    support_from: str = "lift"
-    min_loo: float = 0.5
-    min_share: float | None = 0.05
-    min_sufficiency: float | None = 1.0
-    sufficiency_ratio: float = 0.5
+    # Defaults: chosen on HotpotQA train by `python -m benchmarks.trust calibrate` (SmolLM2-135M, bf16;
+    # benchmarks/results/trust_calibration_smollm2-135m.json), reported on dev (trust_smollm2-135m.json).
+    min_lift: float | None = 3.0
+    support_from: str = "best"
+    min_loo: float = 1.0
+    min_share: float | None = 0.15
+    min_sufficiency: float | None = 0.5
+    sufficiency_ratio: float = 0.25
     min_citation: float = 0.25
     noise_factor: float = 1.0
     mark_top_k: int = 5

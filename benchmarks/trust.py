@@ -367,12 +367,12 @@ def best_judge_threshold(pairs: list[tuple[dict, dict]]) -> float:
 
 
 GRID = {
-    "min_lift": (0.0, 0.5, 1.0, 2.0, 3.0),
+    "min_lift": (0.0, 1.0, 2.0, 3.0, 4.0, 6.0),
     "support_from": ("lift", "best"),
     "min_loo": (0.25, 0.5, 1.0, 2.0),
     "min_share": (None, 0.05, 0.15),
     "min_sufficiency": (None, 0.5, 1.0, 2.0, 4.0),
-    "sufficiency_ratio": (0.25, 0.5, 0.75),
+    "sufficiency_ratio": (0.1, 0.25, 0.5, 0.75),
 }
 
 
@@ -421,8 +421,16 @@ def calibrate(args: argparse.Namespace) -> None:
         rows.append((objective(m), dict(zip(GRID, values)), m))
     rows.sort(key=lambda r: -r[0])
     best = rows[0]
+    # Ties are common on a small calibration set: take, per threshold, the median of the tied best
+    # settings (not the first one found, which sits at a grid edge), if that setting is itself tied.
+    tied = [r for o, r, _ in rows if o >= best[0] - 1e-12]
+    order = {k: list(v) for k, v in GRID.items()}
+    median = {k: sorted((r[k] for r in tied), key=order[k].index)[(len(tied) - 1) // 2] for k in GRID}
+    if median in tied:
+        best = next(r for r in rows if r[1] == median)
     summary = {"model": args.model, "train_examples": len(train) // len(CONDITIONS), "grid": GRID,
-               "objective": objective.__doc__, "best": {"objective": best[0], "rule": best[1], "metrics": best[2]},
+               "objective": objective.__doc__, "tied_best": len(tied),
+               "best": {"objective": best[0], "rule": best[1], "metrics": best[2]},
                "default_rule": {"objective": objective(evaluate(train, "rule", DEFAULT_RULE, prebuilt=results)),
                                 "rule": DEFAULT_RULE.__dict__},
                "top10": [{"objective": o, "rule": r} for o, r, _ in rows[:10]]}

@@ -147,12 +147,13 @@ def test_single_sentence_answer_has_no_picker(tiny, sources):
 
 def test_render_terminal(rendered_result):
     r = rendered_result
-    r.sources[1].id = "[bold]not-markup"
+    r.sources[0].id = "[bold]not-markup"  # the used source: named in the table and the used list
     con = Console(record=True, width=140, color_system="truecolor", force_terminal=True)
     render_terminal(r, console=con)
     text = con.export_text(clear=False)
     assert "Answer:   " + r.marked_answer() in text and "Citations (hierarchical" in text
-    assert "[2] [bold]not-markup" in text  # ids are never parsed as rich markup
+    assert "[1] [bold]not-markup" in text  # ids are never parsed as rich markup
+    assert "Support:  not checked" in text  # a hand-built result carries no context-support scores
     assert "Sources used:" in text and "The tower was designed by the engineer Ingrid Holmsen." in text
     assert "Time: 1.2s total" in text
     # On a colour terminal the top sentence carries its highlight colour.
@@ -271,11 +272,11 @@ def test_to_json_is_strict_json_for_any_metadata():
 
 
 def test_used_rule_needs_both_the_score_and_the_share():
-    """Default: above 0.5 nats AND at least 5% of the positive document score (no support scores here)."""
+    """Default: above 1.0 nats AND at least 15% of the positive document score (no support scores here)."""
     from attribot_rag import AttributionResult, SpanScore, split_source, split_text
     from attribot_rag.spans import Source
 
-    scores = [10.0, 0.3, 0.08, -1.0, 0.7]  # shares: 0.90, 0.027, 0.007, 0, 0.063
+    scores = [10.0, 0.3, 0.08, -1.0, 1.9]  # shares: 0.82, 0.025, 0.007, 0, 0.156
     srcs = [split_source(Source(str(i), f"Doc {i}.")) for i in range(len(scores))]
     rows = [[SpanScore(i, 0, s, [s], "m")] for i, s in enumerate(scores)]
     docs = [SpanScore(i, None, s, [s], "m") for i, s in enumerate(scores)]
@@ -283,4 +284,5 @@ def test_used_rule_needs_both_the_score_and_the_share():
     assert r.used_mask() == [True, False, False, False, True]
     assert r.used_mask(min_score=0.1, min_share=None) == [True, True, False, False, True]
     assert r.used_mask(min_score=0.5, min_share=None) == [True, False, False, False, True]
+    assert r.used_mask(min_share=0.2) == [True, False, False, False, False]  # 1.9 nats is only 15.5%
     assert [s.id for s in r.used_sources()] == ["0", "4"]
