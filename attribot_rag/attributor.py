@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import numbers
 import time
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from .errors import (
 )
 from .models import DEFAULT_MODEL, LoadedModel, describe_tokenizer_pair, load_model, models_locked
 from .noise import estimate as estimate_noise
+from .overflow import OVERFLOW_POLICIES
 from .prompt import Ablation, History, PromptBuilder, PromptTemplate, as_history
 from .result import NOT_SCORED, AttributionResult, ContextSupport, SpanScore
 from .spans import DEFAULT_MAX_SENTENCE_TOKENS, Sentence, Source, SourceLike, as_sources, split_source, split_text
@@ -523,17 +522,6 @@ class Attributor:
                 for d, row in enumerate(sentences)
             ]
         return documents, sentences
-
-
-OVERFLOW_POLICIES = ("error", "drop_last", "drop_lowest_score")
-
-
-def _retrieval_score(source: Source) -> float:
-    value = source.metadata.get("score")
-    # numbers.Real covers numpy scalars (FAISS and most vector stores return np.float32).
-    if isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value):
-        return float(value)
-    return float("-inf")
 
 
 def _keep_documents(scores: list[float], strat: Strategy) -> set[int]:

@@ -86,3 +86,14 @@ def rendered_result():
         timing={"total_seconds": 1.25, "generation_seconds": None,
                 "models": {"smollm2-135m": {"forward_passes": 12, "forward_tokens": 3456, "seconds": 1.2}}},
     )
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray instance with 2 CPUs for one test module; shut down afterwards."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    assert not ray.is_initialized()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

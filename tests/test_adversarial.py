@@ -561,16 +561,6 @@ def test_sigkill_mid_batch_then_resume(reference, model_dir, tmp_path, capsys):
     assert _snapshot(inp.parent) == before
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    pytest.importorskip("ray.data")
-    assert not ray.is_initialized()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def _actor_processes() -> list:
     import psutil
 

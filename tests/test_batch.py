@@ -317,17 +317,6 @@ def test_killed_job_resumes(big, model_dir, tmp_path, capsys, sig, code):
 
 
 # ------------------------------------------------------------------ Ray
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A local Ray instance with 2 CPUs for this module; shut down afterwards."""
-    ray = pytest.importorskip("ray")
-    pytest.importorskip("ray.data")
-    assert not ray.is_initialized()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def test_ray_equals_local(ray_cluster, small, model_dir, tmp_path):
     inp, out, local = small
     summary = run_batch(inp, tmp_path / "out", target=str(model_dir), shard_size=4, engine="ray", num_actors=2,
