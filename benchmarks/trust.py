@@ -445,12 +445,14 @@ def report(args: argparse.Namespace) -> None:
         train, dev = (_pairs(model, s, args.max_docs, out) for s in ("train", "dev"))
         if not dev:
             continue
+        # the judge's threshold comes from this model's train records (none: 0, i.e. "yes" likelier than "no")
         thr = best_judge_threshold(train)
         methods = {
             "attribot-rag default rule": evaluate(dev, "rule", DEFAULT_RULE),
             "LOO only, 0.1 nats and 5% (0.1 rule)": evaluate(dev, "rule", LOO_ONLY_RULE),
             "retriever (BM25 order, top-2 used)": evaluate(dev, "retriever"),
-            f"prompted judge (log-odds > {thr:.2f}, from train)": evaluate(dev, "judge", judge_threshold=thr),
+            f"prompted judge (log-odds > {thr:.2f}{', from train' if train else ''})":
+                evaluate(dev, "judge", judge_threshold=thr),
         }
         recs = [r for r, _ in dev]
         summary = {
@@ -497,9 +499,10 @@ def _f(x: Any) -> str:
 
 def render_markdown(summary: dict) -> str:
     names = list(summary["methods"])
+    cal = (f"thresholds chosen on {summary['calibration_examples']} of its train questions"
+           if summary["calibration_examples"] else "the default rule as shipped (chosen on SmolLM2-135M's train runs)")
     lines = [f"**{summary['model']}** ({summary['dtype']}), {summary['examples']} HotpotQA dev questions x 3 "
-             f"conditions, {summary['max_docs']} paragraphs; thresholds chosen on {summary['calibration_examples']} "
-             "train questions.",
+             f"conditions, {summary['max_docs']} paragraphs; {cal}.",
              "", "| metric | goal | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for key, goal in GOALS.items():
         lines.append(f"| {key.replace('_', ' ')} | {goal} | "
