@@ -137,6 +137,7 @@ class _Scores:
 
     total: torch.Tensor  # [n_ablations]
     per_sentence: torch.Tensor  # [n_ablations, n_answer_sentences]
+    answer_tokens: list[int]  # [n_answer_sentences]: answer tokens each answer sentence owns
 
 
 @dataclass(frozen=True)
@@ -202,8 +203,8 @@ class _Scorer:
         starts = torch.tensor([_first_visible(answer, a, b) for a, b in enc.offsets])
         owner = torch.clamp(torch.searchsorted(seg_ends, starts, right=True), max=len(answer_sentences) - 1)
         per_sentence = torch.zeros(len(variants), len(answer_sentences)).index_add_(1, owner, drops)
-        memo[("answer_tokens", id(self))] = torch.bincount(owner, minlength=len(answer_sentences)).tolist()
-        return _Scores(total=drops.sum(dim=1), per_sentence=per_sentence)
+        tokens = torch.bincount(owner, minlength=len(answer_sentences)).tolist()
+        return _Scores(total=drops.sum(dim=1), per_sentence=per_sentence, answer_tokens=tokens)
 
 
 def _first_visible(text: str, start: int, end: int) -> int:
@@ -474,7 +475,7 @@ class Attributor:
         return ContextSupport(
             lift=none.tolist(),
             sufficiency=[(none - scores.per_sentence[1 + d]).tolist() for d in range(len(srcs))],
-            answer_tokens=list(memo[("answer_tokens", id(scorer))]),
+            answer_tokens=scores.answer_tokens,
             scored_by=scorer.name,
         )
 

@@ -191,10 +191,13 @@ def to_html(
     scales = [view_scale([s.score for s in scored])]
     scales += [view_scale([s.answer_sentence_scores[j] for s in scored]) for j in range(n_ans)]
     total_pos = sum(max(s.score, 0.0) for s in scored)
-    verdicts = result.decisions()
+    from .decisions import DEFAULT_RULE
+
+    # one decision for the whole view: the markers and the used list come from the same verdicts
+    verdicts = result.decisions(DEFAULT_RULE.with_options(mark_top_k=top_k, marks_per_sentence=per_sentence))
     used = verdicts.used
     shares = result.source_shares()
-    marks = result.answer_marks(top_k=top_k, per_sentence=per_sentence)
+    marks = verdicts.marks
 
     out: list[str] = [f'<div class="ab-root" id="{root_id}" data-view="0"><style>{_CSS}</style>']
     out.append(f'<div class="ab-question">Q: {_esc(result.question)}</div>')
@@ -381,7 +384,10 @@ def render_terminal(
     if show_sources is None:
         show_sources = con.color_system is not None
     con.print(Text.assemble(("Question: ", "bold"), _printable(result.question)))
-    marks = result.answer_marks(top_k=top_k)
+    from .decisions import DEFAULT_RULE
+
+    verdicts = result.decisions(DEFAULT_RULE.with_options(mark_top_k=top_k))  # one decision for the whole view
+    marks = verdicts.marks
     answer, pos, answer_text = Text(), 0, _printable(result.answer)  # same length: offsets hold
     for j, sent in enumerate(result.answer_sentences):
         answer.append(answer_text[pos:sent.end])
@@ -390,7 +396,6 @@ def render_terminal(
         pos = sent.end
     answer.append(answer_text[pos:])
     con.print(Text.assemble(("Answer:   ", "bold"), answer))
-    verdicts = result.decisions()
     con.print(Text.assemble(("Support:  ", "bold"), support_line(verdicts)))
 
     flat = [s for row in result.sentence_scores for s in row if s.scored_by != NOT_SCORED]

@@ -228,7 +228,9 @@ class AttributionResult:
     def marked_answer(self, top_k: int = UNSET, per_sentence: int = UNSET, min_score: float = UNSET, *,
                       rule: DecisionRule | None = None) -> str:
         """The answer with ``[n]`` markers (n = 1-based source number) after each sentence (:meth:`answer_marks`)."""
-        marks = self.answer_marks(top_k, per_sentence, min_score, rule=rule)
+        return self._with_marks(self.answer_marks(top_k, per_sentence, min_score, rule=rule))
+
+    def _with_marks(self, marks: dict[int, list[int]]) -> str:
         out, pos = [], 0
         for j, s in enumerate(self.answer_sentences):
             out.append(self.answer[pos : s.end])
@@ -262,7 +264,7 @@ class AttributionResult:
             ],
             "answer_sentences": [v.to_dict() for v in verdicts.answer_sentences],
             "cited": [c.to_dict() for c in verdicts.citations[: top_k if top_k is not None else None]],
-            "marked_answer": self.marked_answer(),
+            "marked_answer": self._with_marks(verdicts.marks),  # the same verdicts, not decided again
             "noise": None if self.noise is None else {**self.noise.to_dict(), "bound": verdicts.noise},
             "support": None if self.support is None else self.support.to_dict(),
             "dropped_sources": [s.id for s in self.dropped_sources],
