@@ -56,6 +56,9 @@ class DecisionRule:
         min_share: ... and least share of the positive document scores (``None``: no share rule).
         min_sufficiency: least sufficiency (nats) for "used" by sufficiency (``None``: LOO only).
         sufficiency_ratio: ... and least fraction of the best source's sufficiency.
+        sufficiency_over: ``"none"`` (sufficiency as measured) or ``"median"`` (minus the median source's
+            sufficiency: the part of a source's lift that the typical retrieved source does not give, so
+            the generic effect of "any document at all" is not taken for evidence).
         min_citation: least sentence LOO score (nats) for a citation or a marker.
         noise_factor: every threshold is also at least ``noise_factor`` x the result's noise bound.
         mark_top_k / marks_per_sentence: markers come from the best ``mark_top_k`` citations, at
@@ -70,6 +73,7 @@ class DecisionRule:
     min_share: float | None = 0.15
     min_sufficiency: float | None = 0.5
     sufficiency_ratio: float = 0.25
+    sufficiency_over: str = "none"
     min_citation: float = 0.25
     noise_factor: float = 1.0
     mark_top_k: int = 5
@@ -84,6 +88,8 @@ class DecisionRule:
                 raise ConfigError(f"{key} must be a finite number or None, got {getattr(self, key)!r}")
         if self.min_share is not None and not (is_finite_number(self.min_share) and 0 <= self.min_share <= 1):
             raise ConfigError(f"min_share must be a number in [0, 1] or None, got {self.min_share!r}")
+        if self.sufficiency_over not in ("none", "median"):
+            raise ConfigError(f"sufficiency_over must be 'none' or 'median', got {self.sufficiency_over!r}")
         if self.support_from not in ("lift", "best"):
             raise ConfigError(f"support_from must be 'lift' or 'best', got {self.support_from!r}")
         if self.noise_factor < 0:
@@ -197,6 +203,14 @@ def _support_score(rule: DecisionRule, support: ContextSupport, j: int | None) -
     return float(max(lift, max(alone)))
 
 
+def _excess(rule: DecisionRule, values: list[float]) -> list[float]:
+    """Sufficiency as the rule reads it: as measured, or above the median source's."""
+    if rule.sufficiency_over == "none" or not values:
+        return values
+    base = sorted(values)[(len(values) - 1) // 2]  # the lower median: a clear majority of distractors sets it
+    return [v - base for v in values]
+
+
 def _decide(rule: DecisionRule, result: AttributionResult) -> Decisions:
     from .result import _shares
 
@@ -224,17 +238,18 @@ def _decide(rule: DecisionRule, result: AttributionResult) -> Decisions:
     # Used: leave-one-out or sufficiency evidence, only for a supported answer.
     shares = _shares([d.score for d in result.document_scores])
     suff = support.document_sufficiency if support is not None else [None] * len(result.sources)
-    best_suff = max((x for x in suff if x is not None), default=0.0)
+    excess = _excess(rule, suff) if support is not None else suff
+    best_suff = max((x for x in excess if x is not None), default=0.0)
     loo_thr = max(rule.min_loo, floor(total_tokens))
     sources = []
-    for i, (src, d, sh, sf) in enumerate(zip(result.sources, result.document_scores, shares, suff)):
+    for i, (src, d, sh, sf, ex) in enumerate(zip(result.sources, result.document_scores, shares, suff, excess)):
         evidence = []
         if supported is not False:
             if d.scored and d.score > loo_thr and (rule.min_share is None or sh >= rule.min_share):
                 evidence.append("leave-one-out")
-            if (rule.min_sufficiency is not None and sf is not None
-                    and sf > max(rule.min_sufficiency, floor(total_tokens))
-                    and sf >= rule.sufficiency_ratio * best_suff):
+            if (rule.min_sufficiency is not None and ex is not None
+                    and ex > max(rule.min_sufficiency, floor(total_tokens))
+                    and ex >= rule.sufficiency_ratio * best_suff):
                 evidence.append("sufficiency")
         sources.append(SourceVerdict(i, src.id, bool(evidence), d.score, sh, sf, tuple(evidence)))
 
@@ -267,9 +282,10 @@ def _decide(rule: DecisionRule, result: AttributionResult) -> Decisions:
         for j in range(n_ans):
             if not sentence_ok[j]:
                 continue
-            best = max((support.sufficiency[s.index][j] for s in sources if s.used), default=0.0)
-            for s in sorted((s for s in sources if s.used), key=lambda s: -support.sufficiency[s.index][j]):
-                x = support.sufficiency[s.index][j]
+            col = _excess(rule, [row[j] for row in support.sufficiency])
+            best = max((col[s.index] for s in sources if s.used), default=0.0)
+            for s in sorted((s for s in sources if s.used), key=lambda s: -col[s.index]):
+                x = col[s.index]
                 if x > max(rule.min_sufficiency, floor(tokens[j])) and x >= rule.sufficiency_ratio * best:
                     mark(j, s.index)
     marks = {j: v for j, v in marks.items() if v}

@@ -36,7 +36,7 @@ from typing import Any
 
 from attribot_rag import AttributionResult, Attributor, Source, SpanScore, split_text
 from attribot_rag.decisions import DEFAULT_RULE, LOO_ONLY_RULE, DecisionRule
-from attribot_rag.noise import Noise
+from attribot_rag.noise import estimate
 from attribot_rag.result import ContextSupport
 
 from .common import DATA_ROOT, answer_digest, hotpot_examples
@@ -187,7 +187,8 @@ def result_from(rec: dict, ex: dict) -> AttributionResult:
         sentence_scores=[[span(d, k, v) for k, v in enumerate(row)] for d, row in enumerate(rec["sentences"])],
         strategy=rec["strategy"],
         support=ContextSupport(sup["lift"], sup["sufficiency"], sup["answer_tokens"], sup["scored_by"]),
-        noise=Noise(**rec["noise"]),
+        # today's calibration, not the one in force when the record was made: every record is judged alike
+        noise=estimate(rec["support"]["scored_by"], rec["noise"]["dtype"]),
     )
 
 
@@ -357,6 +358,21 @@ def _pairs(model: str, split: str, max_docs: int, out: Path) -> list[tuple[dict,
     return [(recs[(split, i, c)], by_id[i]) for i in ids for c in CONDITIONS]
 
 
+def support_auc(pairs: list[tuple[dict, dict]], rule: DecisionRule | None) -> float | None:
+    """Threshold-free separability of correct (and redundant) from made-up answers: the probability that
+    a correct answer's support score exceeds a made-up one's (``rule=None``: the judge's log-odds)."""
+    def score(rec: dict, ex: dict) -> float:
+        if rule is None:
+            return rec["judge_log_odds"]
+        return result_from(rec, ex).decisions(rule).lift
+
+    pos = [score(r, e) for r, e in pairs if r["condition"] != "madeup"]
+    neg = [score(r, e) for r, e in pairs if r["condition"] == "madeup"]
+    if not pos or not neg:
+        return None
+    return sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
+
+
 def best_judge_threshold(pairs: list[tuple[dict, dict]]) -> float:
     """The judge's log-odds threshold with the best balanced accuracy (correct vs made-up) on these pairs."""
     pos = [r["judge_log_odds"] for r, _ in pairs if r["condition"] == "correct"]
@@ -376,6 +392,7 @@ GRID = {
     "min_share": (None, 0.05, 0.15),
     "min_sufficiency": (None, 0.5, 1.0, 2.0, 4.0),
     "sufficiency_ratio": (0.1, 0.25, 0.5, 0.75),
+    "sufficiency_over": ("none", "median"),
 }
 
 
@@ -458,12 +475,18 @@ def report(args: argparse.Namespace) -> None:
                 evaluate(dev, "judge", judge_threshold=thr),
         }
         recs = [r for r, _ in dev]
+        costs = [r["support_seconds"] / r["seconds"] for r in recs if r.get("support_seconds") and r["seconds"]]
         summary = {
             "model": model, "data": "HotpotQA dev (shared/data), yes/no questions skipped",
             "max_docs": args.max_docs, "examples": len(dev) // len(CONDITIONS),
             "calibration_examples": len(train) // len(CONDITIONS), "rule": DEFAULT_RULE.__dict__,
             "dtype": recs[0]["noise"]["dtype"], "noise": noise_summary(model, out),
-            "methods": methods, "machine_load_1m_median": statistics.median(
+            "methods": methods,
+            "support_auc": {"rule support score": support_auc(dev, DEFAULT_RULE),
+                            "prompted judge log-odds": support_auc(dev, None)},
+            "support_cost": {"median_share_of_attribution": statistics.median(costs) if costs else None,
+                             "records": len(costs)},
+            "machine_load_1m_median": statistics.median(
                 r["machine"]["load_1m"] for r in recs if r["machine"].get("load_1m") is not None),
         }
         stem = f"trust_{model}"
@@ -518,6 +541,14 @@ def render_markdown(summary: dict) -> str:
                       f"{nz['dev']['spans']} span differences within the train-calibrated bound "
                       f"({nz['train']['per_sqrt_token_q']:.3f} nats x sqrt(answer tokens)); largest difference "
                       f"{nz['dev']['max_difference']:.2f} nats."]
+    auc, cost = summary.get("support_auc"), summary.get("support_cost")
+    if auc:
+        lines += ["", "Separability of correct from made-up answers (AUC, 1 = perfect, threshold-free): "
+                      + ", ".join(f"{k} {_f(v)}" for k, v in auc.items()) + "."]
+    if cost and cost.get("median_share_of_attribution") is not None:
+        lines += [f"Cost of the support and sufficiency passes: a median "
+                  f"{100 * cost['median_share_of_attribution']:.0f}% of the attribution time "
+                  f"({cost['records']} records that time it apart)."]
     return "\n".join(lines)
 
 

@@ -115,6 +115,22 @@ def test_redundant_evidence_is_used_by_sufficiency():
     assert res.decisions(DecisionRule(min_sufficiency=None)).used == [False, False, False, True]
 
 
+def test_sufficiency_over_the_median_source_ignores_the_generic_context_effect():
+    # every document alone lifts the answer by ~2 nats (any document puts the model in "answer" mode);
+    # d3 lifts it by 7: only d3 is evidence once the typical source's lift is taken off
+    res = _hand_built([0.0, 0.1, -0.1, 0.2, 0.0], [8.0], [[2.0], [2.2], [1.9], [7.0], [2.1]])
+    generic = DecisionRule(sufficiency_over="none", sufficiency_ratio=0.25)
+    over = DecisionRule(sufficiency_over="median", sufficiency_ratio=0.25)
+    assert res.decisions(generic).used == [True, True, True, True, True]
+    v = res.decisions(over)
+    assert v.used == [False, False, False, True, False] and v.marks == {0: [4]}
+    # the measured sufficiency is what the verdict reports, not the excess it was decided on
+    assert v.sources[3].sufficiency == pytest.approx(7.0) and v.sources[3].evidence == ("sufficiency",)
+    # two copies of the evidence both stand out over the median of the distractors
+    dup = _hand_built([0.0, 0.1, -0.1, 0.2, 0.0], [8.0], [[2.0], [6.8], [1.9], [7.0], [2.1]])
+    assert dup.decisions(over).used == [False, True, False, True, False]
+
+
 def test_unsupported_answer_sentence_gets_no_citation_or_marker():
     answer = "It was built in 1889. The moon is made of cheese."
     res = _hand_built([6.0, 0.2], [9.0, -0.5], [[8.0, -0.5], [0.1, 0.0]], answer=answer)
@@ -151,7 +167,7 @@ def test_rule_validation_and_overrides():
     from attribot_rag import ConfigError
 
     for bad in ({"min_loo": math.nan}, {"min_share": 2}, {"noise_factor": -1}, {"mark_top_k": -1},
-                {"min_lift": "1"}):
+                {"min_lift": "1"}, {"sufficiency_over": "mean"}, {"support_from": "all"}):
         with pytest.raises(ConfigError):
             DecisionRule(**bad)
     assert DEFAULT_RULE.with_options() is DEFAULT_RULE
