@@ -22,7 +22,7 @@ def answer_digest(answer: str) -> str:
 
 def hotpot_examples(path: str | Path = DEFAULT_HOTPOT, n: int | None = None, offset: int = 0,
                     max_docs: int | None = None) -> list[dict]:
-    """HotpotQA rows as ``{id, question, answer, sources, gold_titles, gold_sentences, gold_documents}``.
+    """HotpotQA rows as ``{id, question, answer, type, sources, gold_titles, gold_sentences, gold_documents}``.
 
     ``sources`` keep HotpotQA's own sentence split; ``gold_sentences`` are (doc, sentence) pairs;
     ``gold_documents`` the indices of the supporting paragraphs. ``max_docs`` keeps the gold
@@ -59,8 +59,8 @@ def hotpot_examples(path: str | Path = DEFAULT_HOTPOT, n: int | None = None, off
                         gold_sentences.add((d, idx))
                     idx += 1
         out.append({
-            "id": r["id"], "question": r["question"], "answer": r["answer"], "sources": sources,
-            "gold_titles": {t for t, _ in gold}, "gold_sentences": gold_sentences,
+            "id": r["id"], "question": r["question"], "answer": r["answer"], "type": r.get("type"),
+            "sources": sources, "gold_titles": {t for t, _ in gold}, "gold_sentences": gold_sentences,
             "gold_documents": {d for d, t in enumerate(titles) if t in {g for g, _ in gold}},
         })
     return out

@@ -482,6 +482,10 @@ def report(args: argparse.Namespace) -> None:
             "calibration_examples": len(train) // len(CONDITIONS), "rule": DEFAULT_RULE.__dict__,
             "dtype": recs[0]["noise"]["dtype"], "noise": noise_summary(model, out),
             "methods": methods,
+            # HotpotQA's question types: a comparison answer ("Who was older, X or Y?") is named in the
+            # question, so the context barely changes its likelihood; a bridge answer is read from a paragraph
+            "by_question_type": {t: evaluate([(r, e) for r, e in dev if e.get("type") == t], "rule", DEFAULT_RULE)
+                                 for t in sorted({e.get("type") for _, e in dev if e.get("type")})},
             "support_auc": {"rule support score": support_auc(dev, DEFAULT_RULE),
                             "prompted judge log-odds": support_auc(dev, None)},
             "support_cost": {"median_share_of_attribution": statistics.median(costs) if costs else None,
@@ -541,6 +545,15 @@ def render_markdown(summary: dict) -> str:
                       f"{nz['dev']['spans']} span differences within the train-calibrated bound "
                       f"({nz['train']['per_sqrt_token_q']:.3f} nats x sqrt(answer tokens)); largest difference "
                       f"{nz['dev']['max_difference']:.2f} nats."]
+    types = summary.get("by_question_type") or {}
+    if types:
+        keys = ("flagged_unsupported_correct", "flagged_unsupported_madeup", "top_document_gold", "used_recall",
+                "both_copies_used")
+        lines += ["", "Default rule by HotpotQA question type:", "",
+                  "| question type | questions | " + " | ".join(k.replace("_", " ") for k in keys) + " |",
+                  "|---|---|" + "---|" * len(keys)]
+        lines += [f"| {t} | {m['n']['correct']} | " + " | ".join(_f(m[k]) for k in keys) + " |"
+                  for t, m in types.items()]
     auc, cost = summary.get("support_auc"), summary.get("support_cost")
     if auc:
         lines += ["", "Separability of correct from made-up answers (AUC, 1 = perfect, threshold-free): "
