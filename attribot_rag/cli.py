@@ -6,9 +6,11 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 
-from .batch import add_batch_parser, run_batch_command
+from .batch import ENGINES, OUTPUT_FORMATS, run_batch
+from .batch.engines import _main_thread
 from .docs_io import EXAMPLE_DOCS, EXAMPLE_QUESTION, load_docs
 from .errors import AttribotError, ConfigError
 from .models import DEFAULT_MODEL, REGISTRY
@@ -117,6 +119,73 @@ def _models(args) -> int:
             print(f"{m.name:<20} {m.size_mb:>5}  {m.description}")
         return 0
     print(pull(args.name, quiet=False))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- batch
+def add_batch_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``batch`` subcommand to an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "batch", help="attribute a log of RAG answers (JSONL/Parquet) into a resumable folder of shards",
+        description="Attribute every record {id, question, documents, answer} of IN into the folder OUT "
+                    "(one file per shard; rerun the same command to resume an interrupted job).",
+    )
+    p.add_argument("input", metavar="IN", help="records: .jsonl, .parquet, or a folder of .parquet files")
+    p.add_argument("output", metavar="OUT", help="output folder (created; resumed when it holds this job)")
+    p.add_argument("--engine", choices=ENGINES, default="local",
+                   help="local: this process, one model; ray: a Ray Data actor pool (default local)")
+    p.add_argument("--target", default=DEFAULT_MODEL, help=f"target model (default {DEFAULT_MODEL})")
+    p.add_argument("--proxy", default=None, help="optional smaller proxy model")
+    p.add_argument("--strategy", default="auto", help="a strategy preset (default auto)")
+    p.add_argument("--top-k", type=int, default=5, help="citations per row (default 5)")
+    p.add_argument("--shard-size", type=int, default=100, help="records per output file (default 100)")
+    p.add_argument("--format", dest="output_format", choices=OUTPUT_FORMATS, default="jsonl",
+                   help="output shard format (default jsonl)")
+    p.add_argument("--overflow", default="error", help="error (default), drop_last or drop_lowest_score")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: auto; each ray actor picks its own)")
+    p.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: auto)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (local process, or each ray actor)")
+    p.add_argument("--address", default=None, help="ray cluster address (default $RAY_ADDRESS, else start Ray locally)")
+    p.add_argument("--ray-cpus", type=int, default=None,
+                   help="CPUs of the local Ray instance started when there is no cluster address (default: all)")
+    p.add_argument("--num-actors", type=int, default=None,
+                   help="ray actors, one model each (default: one per GPU, else CPUs / --cpus-per-actor)")
+    p.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs each ray actor requests (default 1)")
+    p.add_argument("--gpus-per-actor", type=float, default=None,
+                   help="GPUs each ray actor requests (default 1 when the cluster has GPUs, else 0)")
+    p.add_argument("--overwrite", action="store_true", help="start over when OUT holds a job with other arguments")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+class _Terminated(BaseException):
+    """SIGTERM, turned into an exception so shards in flight are discarded cleanly."""
+
+
+def run_batch_command(args: argparse.Namespace) -> int:
+    """``attribot-rag batch``: run, print the summary; 130 / 143 on SIGINT / SIGTERM (rerun to resume)."""
+    def on_term(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
+    try:
+        summary = run_batch(
+            args.input, args.output, target=args.target, proxy=args.proxy, strategy=args.strategy, top_k=args.top_k,
+            shard_size=args.shard_size, output_format=args.output_format, overflow=args.overflow,
+            device=args.device, dtype=args.dtype, engine=args.engine, threads=args.threads, address=args.address,
+            num_actors=args.num_actors, cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
+            ray_init_kwargs={"num_cpus": args.ray_cpus} if args.ray_cpus is not None else None,
+            overwrite=args.overwrite, progress=not args.no_progress,
+        )
+    except (KeyboardInterrupt, _Terminated) as exc:
+        code = 143 if isinstance(exc, _Terminated) else 130
+        print(f"attribot-rag: interrupted; every finished shard is in {args.output}: rerun the same command to resume",
+              file=sys.stderr)
+        return code
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    print(summary)
     return 0
 
 

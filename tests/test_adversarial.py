@@ -349,7 +349,7 @@ def test_batch_unwritable_out(capsys, model_dir, tmp_path, monkeypatch, how):
                 raise PermissionError(errno.EACCES, "Permission denied", str(path))
             return real_open(path, flags, *args, **kwargs)
 
-        monkeypatch.setattr(B.os, "open", denied)
+        monkeypatch.setattr(os, "open", denied)
     before = _snapshot(tmp_path)
     _one_line_error(*_cli(capsys, "batch", str(inp), str(out), "--target", str(model_dir), "--no-progress"),
                     str(out.name))
@@ -464,7 +464,7 @@ def reference(tmp_path_factory, model_dir):
 
 def _failing_writes(monkeypatch, fail_from: int, error: OSError, *, once: bool) -> list[int]:
     """Make shard writes fail from the ``fail_from``-th on (after bytes reached the temp file)."""
-    real, calls = B._atomic_write, []
+    real, calls = B.io._atomic_write, []  # every write of the job folder
 
     def flaky(final: Path, write):
         if final.name.startswith("part-"):
@@ -477,7 +477,7 @@ def _failing_writes(monkeypatch, fail_from: int, error: OSError, *, once: bool) 
                 return real(final, write_then_fail)
         return real(final, write)
 
-    monkeypatch.setattr(B, "_atomic_write", flaky)
+    monkeypatch.setattr(B.io, "_atomic_write", flaky)
     return calls
 
 
@@ -517,14 +517,14 @@ def test_out_read_only_mid_job_then_resume(reference, model_dir, tmp_path, monke
 def test_summary_write_fails_then_resume(reference, model_dir, tmp_path, monkeypatch):
     inp, ref = reference
     out = tmp_path / "out"
-    real = B._atomic_write
+    real = B.io._atomic_write
 
     def no_summary(final, write):
         if final.name == B.SUMMARY_FILE:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(final, write)
 
-    monkeypatch.setattr(B, "_atomic_write", no_summary)
+    monkeypatch.setattr(B.io, "_atomic_write", no_summary)
     with pytest.raises(BatchError, match="No space left"):
         run_batch(inp, out, target=str(model_dir), shard_size=5, **COMMON)
     monkeypatch.undo()
