@@ -11,6 +11,7 @@ from .errors import (
     BatchError,
     ConfigError,
     ContextTooLongError,
+    DeviceError,
     DocsFileError,
     EmptyAnswerError,
     InputError,
@@ -28,9 +29,10 @@ from .spans import Sentence, Source, split_source, split_text
 __version__ = "0.1.0"
 
 __all__ = [
-    "AttribotError", "AttributionResult", "Attributor", "BatchError", "Citation", "ConfigError", "ContextTooLongError",
-    "Cost", "DEFAULT_MODEL", "DocsFileError", "EmptyAnswerError", "Encoded", "InputError", "LikelihoodEngine",
-    "LoadedModel", "ModelError", "NonFiniteScoreError", "NoSourcesError", "OutOfMemory", "PRESETS", "PromptBuilder",
-    "PromptTemplate", "ProxyEncodingError", "REGISTRY", "Sentence", "Source", "SpanScore", "Strategy",
-    "UnknownModelError", "clear_model_cache", "load_model", "model_lock", "shared_model", "split_source", "split_text",
+    "AttribotError", "AttributionResult", "Attributor", "BatchError", "Citation", "ConfigError",
+    "ContextTooLongError", "Cost", "DEFAULT_MODEL", "DeviceError", "DocsFileError", "EmptyAnswerError", "Encoded",
+    "InputError", "LikelihoodEngine", "LoadedModel", "ModelError", "NonFiniteScoreError", "NoSourcesError",
+    "OutOfMemory", "PRESETS", "PromptBuilder", "PromptTemplate", "ProxyEncodingError", "REGISTRY", "Sentence",
+    "Source", "SpanScore", "Strategy", "UnknownModelError", "clear_model_cache", "load_model", "model_lock",
+    "shared_model", "split_source", "split_text",
 ]

@@ -28,7 +28,14 @@ from .errors import (
     is_count,
     is_finite_number,
 )
-from .models import DEFAULT_MODEL, LoadedModel, describe_tokenizer_pair, load_model, models_locked
+from .models import (
+    DEFAULT_MODEL,
+    LoadedModel,
+    check_model_settings,
+    describe_tokenizer_pair,
+    load_model,
+    models_locked,
+)
 from .noise import estimate as estimate_noise
 from .overflow import OVERFLOW_POLICIES
 from .prompt import Ablation, History, PromptBuilder, PromptTemplate, as_history
@@ -214,11 +221,9 @@ def _first_visible(text: str, start: int, end: int) -> int:
     return start + len(piece) - len(stripped) if stripped else start
 
 
-def _as_loaded(model, device, dtype) -> LoadedModel:
-    if isinstance(model, (LoadedModel, tuple)) and (device is not None or dtype is not None):
-        # Moving the caller's model object would change it under them: say so instead of ignoring.
-        raise ConfigError("device= and dtype= apply to models loaded by name or path; a model object is used "
-                          "as it is: move or cast it first (model.to(device, dtype)), or pass its name")
+def _as_loaded(model, device, dtype, what: str = "model") -> LoadedModel:
+    # Moving the caller's model object would change it under them: refused, not ignored.
+    check_model_settings(model, device, dtype, what)
     if isinstance(model, LoadedModel):
         return model
     if isinstance(model, tuple) and len(model) == 2:
@@ -282,7 +287,7 @@ class Attributor:
         self.proxy: _Scorer | None = None
         self.tokenizer_path: str | None = None
         if proxy is not None:
-            p = _as_loaded(proxy, device, dtype)
+            p = _as_loaded(proxy, device, dtype, "proxy")
             self.tokenizer_path = describe_tokenizer_pair(t, p)
             logger.info(
                 "proxy %s %s", p.name,

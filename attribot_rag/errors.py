@@ -55,6 +55,13 @@ class UnknownModelError(ModelError, ValueError):
     """The model name is neither a registered short name, a local path nor a Hub id."""
 
 
+class DeviceError(ConfigError, ModelError):
+    """A ``device`` or ``dtype`` setting is unknown, or names a device this machine does not have.
+
+    A :class:`ConfigError` (settings objects refuse it at construction) and a :class:`ModelError`
+    (what :func:`~attribot_rag.load_model` has always raised for it)."""
+
+
 # Predicates behind the ConfigErrors above; each caller words its own message (what to pass instead).
 def is_count(value: object, minimum: int = 0) -> bool:
     """An integer (numpy's too, never a bool) of at least ``minimum``."""

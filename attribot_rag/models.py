@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError, UnknownModelError
+from .errors import ConfigError, DeviceError, ModelError, UnknownModelError
 
 
 @dataclass(frozen=True)
@@ -369,33 +369,79 @@ def default_dtype(device: str):
     return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
 
 
-def _check_device(device: str) -> str:
-    """``device`` if torch can use it here; else a :class:`ModelError` before any weights load."""
+DTYPES: dict[str, str] = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+                          "fp16": "float16", "float16": "float16"}
+"""The dtype names :func:`resolve_dtype` accepts (besides a ``torch.dtype``), each with the torch dtype it means."""
+
+_MODEL_OBJECT_SETTINGS = ("device= and dtype= apply to models loaded by name or path; the {what} object is used as it "
+                          "is: move or cast it first (model.to(device, dtype)), or pass its name")
+
+
+def check_device(device: Any) -> str:
+    """``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or a ``torch.device``) as a string, if torch
+    can use it on this machine; else a :class:`~attribot_rag.errors.DeviceError`. Loads nothing."""
     import torch
 
+    if not isinstance(device, (str, torch.device)):
+        raise DeviceError(f"device={device!r}: pass a string such as 'cpu', 'cuda' or 'cuda:1'")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ModelError(f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N' or 'mps'") from exc
+        raise DeviceError(f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N' or 'mps'") from exc
     if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
         found = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        raise ModelError(f"device {device!r} is not available: this machine has {found} CUDA device(s); "
-                         "pass device='cpu' (or leave device unset to pick one)")
+        raise DeviceError(f"device {device!r} is not available: this machine has {found} CUDA device(s); "
+                          "pass device='cpu' (or leave device unset to pick one)")
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ModelError(f"device {device!r} is not available here: pass device='cpu'")
+        raise DeviceError(f"device {device!r} is not available here: pass device='cpu'")
     return str(device)
 
 
-def _as_dtype(dtype):
+def resolve_dtype(dtype: Any) -> Any:
+    """``dtype`` as a ``torch.dtype``: a ``torch.dtype`` as is, a name from :data:`DTYPES` (``"fp32"``,
+    ``"bf16"``, ...) as its dtype, ``None`` as ``None`` (the device's default, :func:`default_dtype`).
+
+    Raises:
+        DeviceError: an unknown name (or any other value).
+    """
     import torch
 
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
-    if dtype not in table:
-        raise ModelError(f"unknown dtype {dtype!r}: use one of {', '.join(table)}")
-    return table[dtype]
+    name = DTYPES.get(dtype) if isinstance(dtype, str) else None
+    if name is None:
+        raise DeviceError(f"unknown dtype {dtype!r}: pass a torch.dtype or one of {', '.join(DTYPES)} "
+                          "(or None for the device's default)")
+    return getattr(torch, name)
+
+
+def is_model_object(model: Any) -> bool:
+    """Whether ``model`` is a model object (a :class:`LoadedModel` or a ``(model, tokenizer)`` pair), not a
+    name or path to load."""
+    return isinstance(model, LoadedModel) or (isinstance(model, tuple) and len(model) == 2)
+
+
+def check_model_settings(model: Any, device: Any = None, dtype: Any = None, what: str = "model") -> None:
+    """Check a model setting without loading anything: ``model`` is a name or path (``str`` /
+    ``os.PathLike``), a :class:`LoadedModel` or a ``(model, tokenizer)`` pair; ``device`` and ``dtype``
+    are usable here (:func:`check_device`, :func:`resolve_dtype`) and given only with a name or path
+    (a model object is never moved or cast behind its owner's back). ``what`` names the setting in
+    messages (``"model"``, ``"proxy"``).
+
+    Raises:
+        ConfigError: a ``model`` of another type, or ``device``/``dtype`` given with a model object.
+        DeviceError: an unknown dtype, or a device this machine does not have.
+    """
+    if not (isinstance(model, (str, os.PathLike)) or is_model_object(model)):
+        raise ConfigError(
+            f"{what}={type(model).__name__}: pass an embedded short name (e.g. {DEFAULT_MODEL!r}), a local model "
+            "folder, a .gguf file, a Hugging Face id, a LoadedModel or a (model, tokenizer) pair"
+        )
+    if (device is not None or dtype is not None) and is_model_object(model):
+        raise ConfigError(_MODEL_OBJECT_SETTINGS.format(what=what))
+    resolve_dtype(dtype)
+    if device is not None:
+        check_device(device)
 
 
 @dataclass
@@ -439,8 +485,8 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = _check_device(device or default_device())
-    dtype = _as_dtype(dtype) or default_dtype(device)
+    device = check_device(device or default_device())
+    dtype = resolve_dtype(dtype) or default_dtype(device)
     name = str(name_or_path)
     path = Path(name).expanduser()
     if name in REGISTRY and not isinstance(name_or_path, os.PathLike):  # Path("./smollm2-135m") is a folder
@@ -559,7 +605,7 @@ def _dtype_key(dtype: Any, device: str) -> str:
     """The dtype ``load_model`` would use, by name (``"fp32"``, ``torch.float32`` and ``None`` on a CPU
     without bf16 are all ``"float32"``), so the same weights are not loaded twice."""
     try:
-        resolved = _as_dtype(dtype)
+        resolved = resolve_dtype(dtype)
     except (ModelError, TypeError):
         return repr(dtype)  # load_model reports the bad dtype
     return _default_dtype_name(device) if resolved is None else dtype_name(resolved)

@@ -62,7 +62,7 @@ import torch
 
 from attribot_rag import Attributor, PromptTemplate, Strategy, load_model
 from attribot_rag.attributor import PRESETS, resolve_strategy
-from attribot_rag.models import LoadedModel, _as_dtype, dtype_name
+from attribot_rag.models import LoadedModel, dtype_name, resolve_dtype
 from attribot_rag.spans import Source
 
 from . import metrics as M
@@ -232,8 +232,8 @@ class Runner:
         self.dataset = dataset
         self.load_seconds: dict[str, float] = {}
         # Precision names as the loaded models will report them (checked on load): the fingerprint needs them.
-        self.dtype = dtype_name(_as_dtype(args.dtype))
-        self.gold_dtype = dtype_name(_as_dtype(args.gold_dtype)) if args.gold_dtype else self.dtype
+        self.dtype = dtype_name(resolve_dtype(args.dtype))
+        self.gold_dtype = dtype_name(resolve_dtype(args.gold_dtype)) if args.gold_dtype else self.dtype
         self.template = PromptTemplate()
         self.template_repr = repr(self.template)
         self.has_proxy = bool(args.proxy)
@@ -256,7 +256,7 @@ class Runner:
         started = time.perf_counter()
         loaded = load_model(name, dtype=dtype)
         self.load_seconds[role] = time.perf_counter() - started
-        got, want = dtype_name(loaded.model.dtype), dtype_name(_as_dtype(dtype))
+        got, want = dtype_name(loaded.model.dtype), dtype_name(resolve_dtype(dtype))
         if got != want:  # the fingerprint and gold key were computed from the requested precision
             raise SystemExit(f"{name} loaded in {got}, not the requested {want}")
         return loaded

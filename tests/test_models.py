@@ -123,7 +123,7 @@ def test_dtype_and_device_defaults(monkeypatch):
         monkeypatch.setattr(M.Path, "read_text", fake)
         assert M.default_dtype("cpu") == want, flags
     with pytest.raises(ModelError, match="unknown dtype"):
-        M._as_dtype("int3")
+        M.resolve_dtype("int3")
 
 
 _CONVERT = """

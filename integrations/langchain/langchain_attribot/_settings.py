@@ -1,6 +1,6 @@
 """Which local model scores answers: the settings every component of the package shares.
 
-The settings are checked when a component is built (:func:`check_model_settings`,
+The settings are checked when a component is built (:func:`attribot_rag.models.check_model_settings`,
 :meth:`ScorerSettings.__post_init__`), so a typo fails at construction with a
 :class:`~attribot_rag.ConfigError`, not at the first ``invoke``, after the chain's LLM has
 already run (and been paid for).
@@ -9,13 +9,12 @@ already run (and been paid for).
 from __future__ import annotations
 
 import inspect
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from attribot_rag import DEFAULT_MODEL, Attributor, ConfigError, LoadedModel, ModelError, PromptTemplate
+from attribot_rag import DEFAULT_MODEL, Attributor, ConfigError, PromptTemplate
 from attribot_rag.attributor import OVERFLOW_POLICIES, resolve_strategy
-from attribot_rag.models import _as_dtype, _check_device
+from attribot_rag.models import check_model_settings
 
 from ._models import ModelLike, shared_attributor
 
@@ -23,46 +22,9 @@ from ._models import ModelLike, shared_attributor
 _OWN_ARGS = frozenset({"target", "proxy", "strategy", "template", "device", "dtype"})
 
 
-def _is_model_object(model: Any) -> bool:
-    return isinstance(model, LoadedModel) or (isinstance(model, tuple) and len(model) == 2)
-
-
 def check_model(model: Any, what: str = "model") -> None:
     """Refuse a ``model`` that is not a name/path, a ``LoadedModel`` or a ``(model, tokenizer)`` pair."""
-    if isinstance(model, (str, os.PathLike)) or _is_model_object(model):
-        return
-    raise ConfigError(
-        f"{what}={type(model).__name__}: pass an embedded short name (e.g. {DEFAULT_MODEL!r}), a local model "
-        "folder, a LoadedModel or a (model, tokenizer) pair"
-    )
-
-
-def check_model_settings(model: Any, device: Any, dtype: Any, what: str = "model") -> None:
-    """Check ``model``/``device``/``dtype`` without loading anything; raise :class:`ConfigError`.
-
-    A dtype must be a ``torch.dtype`` or a name from attribot-rag's table (``"fp32"``,
-    ``"bf16"``, ...); a device must exist on this machine; and both apply only to models loaded
-    by name (the core refuses them for model objects too: it will not move the caller's model).
-    """
-    check_model(model, what)
-    if (device is not None or dtype is not None) and _is_model_object(model):
-        raise ConfigError(
-            f"device= and dtype= apply to models loaded by name or path; the {what} object is used as it is: "
-            "move or cast it first (model.to(device, dtype)), or pass its name"
-        )
-    if dtype is not None:
-        try:
-            _as_dtype(dtype)
-        except (ModelError, TypeError) as exc:  # TypeError: an unhashable value
-            raise ConfigError(f"dtype={dtype!r}: use a torch.dtype or one of fp32, float32, bf16, bfloat16, "
-                              "fp16, float16 (or None for the device's default)") from exc
-    if device is not None:
-        if not isinstance(device, str):
-            raise ConfigError(f"device={device!r}: pass a string such as 'cpu', 'cuda' or 'cuda:1'")
-        try:
-            _check_device(device)
-        except ModelError as exc:
-            raise ConfigError(str(exc)) from exc
+    check_model_settings(model, what=what)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any
 
 from attribot_rag import DEFAULT_MODEL, ConfigError, LoadedModel
 from attribot_rag.errors import is_count
-from attribot_rag.models import _as_dtype, dtype_name
+from attribot_rag.models import check_model_settings, dtype_name, resolve_dtype
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
@@ -18,7 +18,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import ConfigDict, Field
 
 from ._models import ModelLike, model_lock, shared_model
-from ._settings import check_model, check_model_settings
+from ._settings import check_model
 
 _ROLES = {"system": "system", "human": "user", "ai": "assistant"}
 
@@ -107,7 +107,7 @@ class ChatAttribot(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        dtype = None if self.dtype is None else dtype_name(_as_dtype(self.dtype))  # "fp32" == torch.float32
+        dtype = None if self.dtype is None else dtype_name(resolve_dtype(self.dtype))  # "fp32" == torch.float32
         return {"model": _model_name(self.model), "max_new_tokens": self.max_new_tokens, "dtype": dtype}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:

@@ -133,8 +133,8 @@ BAD_SETTINGS = [  # (settings, what the message says); named models: nothing may
     ({"strategy": "hierarchial"}, "unknown strategy 'hierarchial': use 'auto'"),
     ({"strategy": "proxy-prune"}, "needs a proxy model"),
     ({"strategy": ["auto"]}, "pass a preset name or a Strategy"),
-    ({"dtype": "fp33"}, "dtype='fp33': use a torch.dtype or one of fp32"),
-    ({"dtype": 32}, "dtype=32: use a torch.dtype"),
+    ({"dtype": "fp33"}, "unknown dtype 'fp33': pass a torch.dtype or one of fp32"),
+    ({"dtype": 32}, "unknown dtype 32: pass a torch.dtype"),
     ({"device": "gpu"}, "unknown device 'gpu': use 'cpu'"),
     ({"min_score": NAN}, r"min_score\)? is nan: pass a finite number"),
     ({"min_score": INF}, "is inf: pass a finite number"),
@@ -199,7 +199,7 @@ def test_bad_chat_model_settings_fail_at_construction(lc_tiny):
 
     from langchain_attribot import ChatAttribot
 
-    for settings, message in [({"dtype": "fp33"}, "dtype='fp33'"), ({"device": "gpu"}, "unknown device 'gpu'"),
+    for settings, message in [({"dtype": "fp33"}, "unknown dtype 'fp33'"), ({"device": "gpu"}, "unknown device 'gpu'"),
                               ({"model": 3}, "model=int"), ({"max_new_tokens": 0}, "int >= 1")]:
         with pytest.raises(ConfigError, match=message):
             ChatAttribot(**{"model": "settings-test-model", **settings})

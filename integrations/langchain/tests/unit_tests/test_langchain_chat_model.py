@@ -80,7 +80,7 @@ def test_dtype_may_be_a_torch_dtype(fake_loads, lc_tiny):
     loaded = llm._loaded()
     assert [dtype for _, _, dtype in fake_loads] == [torch.float32]
     assert ChatAttribot(model="chat-dtype-test", dtype="fp32")._loaded() is loaded  # one load, one key
-    with pytest.raises(ConfigError, match="dtype='fp33': use a torch.dtype or one of fp32"):
+    with pytest.raises(ConfigError, match="unknown dtype .fp33.: pass a torch.dtype or one of fp32"):
         ChatAttribot(model="chat-dtype-test", dtype="fp33")
     with pytest.raises(ConfigError, match="device= and dtype= apply to models loaded by name"):
         ChatAttribot(model=lc_tiny, dtype=torch.float32)

@@ -29,7 +29,7 @@ from attribot_rag import (
 )
 from attribot_rag.attributor import resolve_strategy
 from attribot_rag.decisions import DEFAULT_RULE, UNSET, DecisionRule
-from attribot_rag.models import _as_dtype
+from attribot_rag.models import resolve_dtype
 from attribot_rag.models import shared_model as core_shared_model
 from llama_index.core.bridge.pydantic import Field, field_validator, model_validator
 from llama_index.core.callbacks import CBEventType, EventPayload
@@ -224,7 +224,7 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
         # and written to chat memory: the attributor and its model are only built on first use.
         if self.attributor is None:
             resolve_strategy(self.strategy, has_proxy=self.proxy is not None)  # ConfigError
-            _as_dtype(self.dtype)  # ModelError naming the accepted dtypes
+            resolve_dtype(self.dtype)  # DeviceError (a ModelError) naming the accepted dtypes
         self.resolved_rule()  # ConfigError for an override the rule does not accept
         return self
 
