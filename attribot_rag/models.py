@@ -112,27 +112,25 @@ def _installed_dir(requirement: str, target: Path) -> Path | None:
 
 @contextlib.contextmanager
 def _cache_lock(name: str) -> Iterator[None]:
-    """An exclusive, blocking ``flock`` per cache entry: processes that pull or convert the same
-    model at once (Ray actors on an empty cache) take turns; the later ones find it done."""
+    """An exclusive, blocking file lock (:mod:`filelock`: ``flock`` on POSIX, ``msvcrt`` on Windows) per
+    cache entry: processes that pull or convert the same model at once (Ray actors on an empty cache)
+    take turns; the later ones find it done."""
+    from filelock import FileLock
+
     folder = cache_home() / "locks"
+    lock = FileLock(folder / f"{name}.lock")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        lock.acquire()
     except OSError:
         # A read-only cache (pre-pulled into shared storage) cannot be written by this process, so there is
         # nothing to serialise: reading needs no lock, and a write that is still needed fails with a ModelError.
         yield
         return
     try:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: no lock
-            yield
-            return
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)  # closing releases the lock
+        lock.release()
 
 
 def _numeric_key(path: Path) -> tuple:
