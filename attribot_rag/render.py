@@ -180,14 +180,12 @@ def to_html(
     ``.ab-sent[data-score]`` (source sentences; ``title`` holds the score for hover),
     ``.ab-pick[data-view]`` (the picker: 0 = whole answer, j + 1 = answer sentence j).
     """
-    from .result import NOT_SCORED
-
     root_id = element_id or _element_id(result)
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", root_id):
         raise ValueError(f"element_id {root_id!r} must be letters, digits, '-' or '_', starting with a letter")
     n_ans = len(result.answer_sentences)
     flat = [s for row in result.sentence_scores for s in row]
-    scored = [s for s in flat if s.scored_by != NOT_SCORED]
+    scored = [s for s in flat if s.scored]
     scales = [view_scale([s.score for s in scored])]
     scales += [view_scale([s.answer_sentence_scores[j] for s in scored]) for j in range(n_ans)]
     total_pos = sum(max(s.score, 0.0) for s in scored)
@@ -268,7 +266,7 @@ def to_html(
         for k, sent in enumerate(src.sentences):
             sc = result.sentence_scores[i][k]
             text_parts.append(_esc(src.text[pos:sent.start]))
-            if sc.scored_by == NOT_SCORED:
+            if not sc.scored:
                 text_parts.append(f'<span class="ab-sent ab-unscored" data-score="" data-k="{k}" '
                                   f'title="not scored: the strategy skipped this sentence">'
                                   f"{_esc(src.text[sent.start:sent.end])}</span>")
@@ -378,8 +376,6 @@ def render_terminal(
     from rich.table import Table
     from rich.text import Text
 
-    from .result import NOT_SCORED
-
     con = console or Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     if show_sources is None:
         show_sources = con.color_system is not None
@@ -398,7 +394,7 @@ def render_terminal(
     con.print(Text.assemble(("Answer:   ", "bold"), answer))
     con.print(Text.assemble(("Support:  ", "bold"), support_line(verdicts)))
 
-    flat = [s for row in result.sentence_scores for s in row if s.scored_by != NOT_SCORED]
+    flat = [s for row in result.sentence_scores for s in row if s.scored]
     scale = view_scale([s.score for s in flat])
     table = Table(title=Text(f"Citations ({result.strategy}; LOO score = drop in answer log-likelihood, nats)"),
                   title_justify="left", show_edge=False, expand=False)
@@ -426,7 +422,7 @@ def render_terminal(
             for k, sent in enumerate(src.sentences):
                 sc = result.sentence_scores[i][k]
                 text.append(src_text[pos:sent.start])
-                style = "dim" if sc.scored_by == NOT_SCORED else _rich_style(sc.score, scale)
+                style = "dim" if not sc.scored else _rich_style(sc.score, scale)
                 text.append(src_text[sent.start:sent.end], style=style)
                 pos = sent.end
             text.append(src_text[pos:])
