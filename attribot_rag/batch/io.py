@@ -3,7 +3,8 @@
 IN is a JSONL file (one record a line) or a Parquet file / folder of Parquet files. A shard is
 records ``[start, stop)`` of the input; its output rows go to one file ``part-NNNNNN.jsonl`` (or
 ``.parquet``), written to a hidden temp name, fsynced and ``os.replace``-d into place, so a shard
-file is either complete or absent. Every write of the job folder goes through :func:`_atomic_write`.
+file is either complete or absent. The job's other files (``_job.json``, ``_summary.json``) are
+written the same way (:func:`write_json`): every such write goes through :func:`_atomic_write`.
 """
 
 from __future__ import annotations
