@@ -28,6 +28,7 @@ from .errors import (
     is_count,
     is_finite_number,
 )
+from .generation import generate as greedy_generate
 from .models import (
     DEFAULT_MODEL,
     LoadedModel,
@@ -319,23 +320,12 @@ class Attributor:
         return self._generate(question, srcs, max_new_tokens, as_history(history))[0]
 
     def _generate(self, question: str, sources, max_new_tokens: int, history: History = ()) -> tuple[str, float]:
-        if not is_count(max_new_tokens, 1):
+        if not is_count(max_new_tokens, 1):  # before any encoding: a bad value costs nothing
             raise ConfigError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
         start = time.perf_counter()
         loaded = self.target.loaded
         ids = self.target.builder.encode_prompt(question, sources, history=history)
-        window = loaded.context_window
-        if window is not None and len(ids) + max_new_tokens > window:
-            raise ContextTooLongError(
-                f"prompt ({len(ids)} tokens) + {max_new_tokens} new tokens exceed {loaded.name}'s context "
-                f"window of {window}: pass fewer or shorter sources"
-            )
-        input_ids = torch.tensor([ids], device=loaded.device)
-        out = loaded.model.generate(
-            input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
-            do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id or loaded.tokenizer.eos_token_id,
-        )
-        answer = loaded.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip()
+        answer = greedy_generate(loaded, ids, max_new_tokens, advice="pass fewer or shorter sources").text
         if not answer:
             raise EmptyAnswerError(f"{loaded.name} generated an empty answer: pass the answer text explicitly")
         return answer, time.perf_counter() - start

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from attribot_rag import DEFAULT_MODEL, ConfigError, LoadedModel
 from attribot_rag.errors import is_count
+from attribot_rag.generation import generate, stream
 from attribot_rag.models import check_model_settings, dtype_name, resolve_dtype
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams
@@ -17,10 +17,11 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field
 
-from ._models import ModelLike, model_lock, shared_model
+from ._models import ModelLike, shared_model
 from ._settings import check_model
 
 _ROLES = {"system": "system", "human": "user", "ai": "assistant"}
+_ADVICE = "send fewer or shorter messages, or lower max_tokens"
 
 
 def _model_name(model: ModelLike) -> str:
@@ -147,15 +148,6 @@ class ChatAttribot(BaseChatModel):
         text = "\n\n".join(t["content"] for t in turns) + "\n\n"
         return list(tok(text)["input_ids"])
 
-    def _generate_kwargs(self, loaded: LoadedModel, ids: list[int], max_new_tokens: int) -> dict[str, Any]:
-        import torch
-
-        input_ids = torch.tensor([ids], device=loaded.device)
-        tok = loaded.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        return dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                    max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
-
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -163,16 +155,13 @@ class ChatAttribot(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        import torch
-
         max_new_tokens = self._call_max_tokens(kwargs)  # before loading: a bad value costs nothing
         loaded = self._loaded(kwargs.get("model"))
         ids = self._prompt_ids(loaded, messages)
-        with model_lock(loaded), torch.inference_mode():
-            out = loaded.model.generate(**self._generate_kwargs(loaded, ids, max_new_tokens))
-        new = out[0, len(ids):].tolist()
-        text, _ = _cut(loaded.tokenizer.decode(new, skip_special_tokens=True).strip(), stop)
-        usage = UsageMetadata(input_tokens=len(ids), output_tokens=len(new), total_tokens=len(ids) + len(new))
+        out = generate(loaded, ids, max_new_tokens, advice=_ADVICE)  # holds the model's lock
+        text, _ = _cut(out.text, stop)
+        n_new = len(out.token_ids)
+        usage = UsageMetadata(input_tokens=len(ids), output_tokens=n_new, total_tokens=len(ids) + n_new)
         message = AIMessage(content=text, usage_metadata=usage, response_metadata={"model_name": loaded.name})
         return ChatResult(generations=[ChatGeneration(message=message)])
 
@@ -183,40 +172,14 @@ class ChatAttribot(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
-
         max_new_tokens = self._call_max_tokens(kwargs)
         loaded = self._loaded(kwargs.get("model"))
         ids = self._prompt_ids(loaded, messages)
-        halt = threading.Event()
-
-        class _Halt(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> bool:
-                return halt.is_set()
-
-        streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        n_new = [0]
-        failure: list[BaseException] = []
-
-        def work() -> None:
-            try:
-                with model_lock(loaded), torch.inference_mode():
-                    out = loaded.model.generate(
-                        **self._generate_kwargs(loaded, ids, max_new_tokens),
-                        streamer=streamer, stopping_criteria=StoppingCriteriaList([_Halt()]),
-                    )
-                n_new[0] = out.shape[1] - len(ids)
-            except BaseException as exc:  # surfaced in the consuming thread
-                failure.append(exc)
-                streamer.end()
-
-        thread = threading.Thread(target=work, name="ChatAttribot-generate", daemon=True)
-        thread.start()
+        pieces = stream(loaded, ids, max_new_tokens, advice=_ADVICE)  # decodes in a thread holding the model's lock
         hold = max((len(s) for s in stop or []), default=1) - 1  # a stop string may straddle pieces
         text, sent = "", 0
         try:
-            for piece in streamer:
+            for piece in pieces:
                 text += piece
                 shown = text.lstrip()  # like invoke, which strips the answer
                 cut, stopped = _cut(shown, stop)
@@ -230,16 +193,14 @@ class ChatAttribot(BaseChatModel):
                 if stopped:
                     break
         finally:
-            halt.set()
-            thread.join()
-        if failure:
-            raise failure[0]
+            pieces.close()  # stops decoding at a stop string (or when the consumer stops early)
         rest, _ = _cut(text.strip(), stop)
         if len(rest) > sent:
             if run_manager:
                 run_manager.on_llm_new_token(rest[sent:])
             yield ChatGenerationChunk(message=AIMessageChunk(content=rest[sent:]))
-        usage = UsageMetadata(input_tokens=len(ids), output_tokens=n_new[0], total_tokens=len(ids) + n_new[0])
+        n_new = len(pieces.token_ids or ())
+        usage = UsageMetadata(input_tokens=len(ids), output_tokens=n_new, total_tokens=len(ids) + n_new)
         yield ChatGenerationChunk(message=AIMessageChunk(
             content="", usage_metadata=usage, response_metadata={"model_name": loaded.name}, chunk_position="last",
         ))

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import threading
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from typing import Any
 
-import torch
 from attribot_rag import DEFAULT_MODEL, LoadedModel
-from attribot_rag.models import model_lock
+from attribot_rag.generation import generate, stream
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
@@ -29,6 +27,8 @@ from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
 from .base import shared_model
+
+_ADVICE = "retrieve fewer or smaller chunks"
 
 
 def _has_chat_template(tokenizer: Any) -> bool:
@@ -110,75 +110,37 @@ class AttribotLLM(CustomLLM):
     def _render(self, prompt: str, formatted: bool) -> str:
         return prompt if formatted else self.completion_to_prompt(prompt)
 
-    def _inputs(self, text: str) -> dict[str, torch.Tensor]:
+    def _prompt_ids(self, text: str) -> list[int]:
         tokenizer = self._loaded.tokenizer
-        ids = tokenizer(text, add_special_tokens=not _has_chat_template(tokenizer), return_tensors="pt")["input_ids"]
-        if ids.shape[1] + self.max_new_tokens > self.context_window:
-            raise ValueError(
-                f"prompt ({ids.shape[1]} tokens) + {self.max_new_tokens} new tokens exceed {self.model_name}'s "
-                f"context window of {self.context_window}: retrieve fewer or smaller chunks"
-            )
-        ids = ids.to(self._loaded.device)
-        tok = self._loaded.tokenizer
-        return {
-            "input_ids": ids,
-            "attention_mask": torch.ones_like(ids),
-            "max_new_tokens": self.max_new_tokens,
-            "do_sample": False,
-            "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-        }
+        return list(tokenizer(text, add_special_tokens=not _has_chat_template(tokenizer))["input_ids"])
 
     # ------------------------------------------------------------------ LLM interface
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        """Greedy completion; ``formatted=False`` wraps the prompt as one user turn."""
-        inputs = self._inputs(self._render(prompt, formatted))
-        with model_lock(self._loaded), torch.inference_mode():
-            out = self._loaded.model.generate(**inputs)
-        n = inputs["input_ids"].shape[1]
-        text = self._loaded.tokenizer.decode(out[0, n:], skip_special_tokens=True).strip()
-        return CompletionResponse(text=text)
+        """Greedy completion; ``formatted=False`` wraps the prompt as one user turn.
+
+        Raises:
+            attribot_rag.ContextTooLongError: the prompt leaves no room for ``max_new_tokens``.
+        """
+        ids = self._prompt_ids(self._render(prompt, formatted))
+        out = generate(self._loaded, ids, self.max_new_tokens, context_window=self.context_window, advice=_ADVICE)
+        return CompletionResponse(text=out.text)
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
         """Streamed greedy completion (generation runs in a thread, text arrives as it decodes)."""
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
-
-        inputs = self._inputs(self._render(prompt, formatted))
-        streamer = TextIteratorStreamer(self._loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        errors: list[BaseException] = []
-        halt = threading.Event()  # set when the consumer stops early: generation stops too
-
-        class _Halt(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> bool:
-                return halt.is_set()
-
-        def run() -> None:
-            try:
-                with model_lock(self._loaded), torch.inference_mode():
-                    self._loaded.model.generate(
-                        **inputs, streamer=streamer, stopping_criteria=StoppingCriteriaList([_Halt()])
-                    )
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
-                errors.append(exc)
-                streamer.end()
+        ids = self._prompt_ids(self._render(prompt, formatted))
+        pieces = stream(self._loaded, ids, self.max_new_tokens, context_window=self.context_window, advice=_ADVICE)
 
         def gen() -> CompletionResponseGen:
-            thread = threading.Thread(target=run, daemon=True)
-            thread.start()
             text = ""
-            try:
-                for delta in streamer:
+            with pieces:  # closing the generator after a few chunks stops the decoding too
+                for delta in pieces:
                     if not text:
                         delta = delta.lstrip()
                     if delta:
                         text += delta
                         yield CompletionResponse(text=text, delta=delta)
-            finally:  # also when the consumer closes the generator after a few chunks
-                halt.set()
-                thread.join()
-            if errors:
-                raise errors[0]
 
         return gen()
 
