@@ -12,6 +12,10 @@ The full prompt's forward pass fills a transformers :class:`~transformers.Dynami
 batch gets a new cache holding the first ``p`` positions of it, repeated over the batch. Rows
 are right-padded, so no attention mask is needed: causal attention never lets a real token see
 the padding after it.
+
+:meth:`LikelihoodEngine.masked_answer_logprobs` is an approximation, not a fourth way to the same
+numbers (masked LOO): it re-runs only the answer against the full prompt's cache with a span's
+positions hidden from attention, so context tokens after the span keep what they read from it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import torch
 from .errors import AttribotError, ConfigError, InputError
 
 MODES = ("exact", "serial", "batched")
+# Attention implementations that take a custom 4D additive mask per batch row.
+MASKABLE_ATTENTION = ("sdpa", "eager")
 
 
 class OutOfMemory(AttribotError, MemoryError):
@@ -234,6 +240,162 @@ class LikelihoodEngine:
                             logits_to_keep=n + 1)
         return Prefill(tuple(full), n, self._gather(out.logits[0, :n], answer), cache)
 
+    # ------------------------------------------------------------------ masked LOO (approximate)
+    @torch.inference_mode()
+    def masked_answer_logprobs(
+        self,
+        prefill: Prefill,
+        masks: Sequence[Sequence[tuple[int, int]]],
+        *,
+        cost: Cost | None = None,
+        desc: str | None = None,
+    ) -> torch.Tensor:
+        """Answer log-probs with spans of the prompt hidden from attention (masked LOO, approximate).
+
+        ``prefill`` is the full prompt + answer's pass (:meth:`prefill`); ``masks[i]`` lists the
+        ``(start, end)`` token ranges of the prompt that row ``i`` hides. The prompt's KV cache
+        is reused up to its second-to-last token; the last prompt token and the answer are run
+        again, as batch rows (up to ``max_batch_size`` per pass, and ``rows x (prompt + answer)
+        <= max_batch_tokens``, one row always), at their original positions, each row attending
+        to every cached position except its hidden ones, and causally to its own new tokens.
+        Only those tokens see the ablation: the context tokens after a hidden span keep what
+        they read from it, so this is **not** leave-one-out, only a cheap first stage
+        approximating it (an empty mask gives the full pass's log-probs).
+
+        Returns ``[len(masks), n_answer]`` float32 log-probs on CPU. Needs a model whose attention
+        takes a 4D mask (``sdpa`` or ``eager``) and whose cache layers are transformers' dynamic
+        full or sliding-window layers; otherwise :class:`ConfigError`.
+        """
+        cost = cost if cost is not None else Cost()
+        n = prefill.n_answer
+        full = list(prefill.ids)
+        p = len(full) - n - 1  # cached positions: the prompt but its last token
+        rows = _masked_rows(masks, p)
+        out = torch.empty(len(rows), n, dtype=torch.float32)
+        if not rows:
+            return out
+        self._check_maskable()
+        base = self._masked_base(prefill, p, cost)
+        per_pass = max(1, min(self.max_batch_size, self.max_batch_tokens // (p + n + 1)))
+        chunks = [list(range(i, min(i + per_pass, len(rows)))) for i in range(0, len(rows), per_pass)]
+        for chunk in self._iter(chunks, desc or "masked ablations"):
+            out[chunk] = self._masked_halving(base, full, p, [rows[i] for i in chunk], cost)
+        return out
+
+    def _check_maskable(self) -> None:
+        impl = getattr(getattr(self.model, "config", None), "_attn_implementation", None) or "eager"
+        if impl not in MASKABLE_ATTENTION:
+            raise ConfigError(
+                f"masked LOO needs attention that takes a custom 4D mask ({' or '.join(MASKABLE_ATTENTION)}); this "
+                f"model runs {impl!r}: load it with attn_implementation='sdpa', or use an exact strategy"
+            )
+
+    def _masked_base(self, prefill: Prefill, p: int, cost: Cost) -> list[tuple[type, torch.Tensor, torch.Tensor, int]]:
+        """The cache of prompt positions ``[0, p)`` as ``(layer type, keys, values, length)`` per layer.
+
+        Full-attention layers are sliced out of the prefill's cache (views, no copy); a cache with
+        sliding-window layers (which keep only the window's tail) is recomputed on ``[0, p)``.
+        """
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+        if p == 0:
+            return []
+        cache = prefill.cache
+        kinds = {type(layer) for layer in getattr(cache, "layers", [None])}
+        if not kinds <= {DynamicLayer, DynamicSlidingWindowLayer}:
+            names = ", ".join(sorted(k.__name__ for k in kinds))
+            raise ConfigError(f"masked LOO needs transformers' dynamic full or sliding-window cache layers; this "
+                              f"model's cache has {names}: use an exact strategy")
+        if kinds != {DynamicLayer}:
+            cache = DynamicCache(config=self.model.config)
+            self._forward(torch.tensor([list(prefill.ids[:p])]), cost, cache=cache, logits_to_keep=1)
+        return [(type(layer), layer.keys[:, :, :p], layer.values[:, :, :p], p) for layer in cache.layers]
+
+    def _masked_halving(self, base, full: list[int], p: int, rows: list[list[tuple[int, int]]],
+                        cost: Cost) -> torch.Tensor:
+        """Run masked rows; on out-of-memory, free what we can and retry each half, down to one row."""
+        try:
+            return self._masked_batch(base, full, p, rows, cost)
+        except torch.OutOfMemoryError as exc:
+            if len(rows) == 1:
+                raise OutOfMemory(
+                    f"out of memory scoring one masked ablation of a {len(full)}-token sequence: use shorter or "
+                    "fewer sources, a smaller model, or a device with more memory"
+                ) from exc
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        mid = len(rows) // 2
+        return torch.cat([self._masked_halving(base, full, p, rows[:mid], cost),
+                          self._masked_halving(base, full, p, rows[mid:], cost)])
+
+    def _masked_batch(self, base, full: list[int], p: int, rows: list[list[tuple[int, int]]],
+                      cost: Cost) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        device, b = self.device, len(rows)
+        tokens = full[p:-1]  # the prompt's last token and the answer but its last: they predict the answer
+        n = len(tokens)
+        cache = DynamicCache(config=self.model.config)
+        if base:
+            kinds = [type(layer) for layer in cache.layers]
+            if kinds != [kind for kind, *_ in base]:
+                raise ConfigError("masked LOO could not rebuild this model's cache layer by layer: use an exact "
+                                  "strategy")
+            for layer, (_, keys, values, length) in zip(cache.layers, base):
+                # The rows share the prompt's keys/values: expanded views, materialised only by the
+                # layer's own concatenation with the new tokens.
+                layer.lazy_initialization(keys, values)
+                layer.keys, layer.values = keys.expand(b, -1, -1, -1), values.expand(b, -1, -1, -1)
+                if hasattr(layer, "cumulative_length"):
+                    layer.cumulative_length = length
+        hidden = torch.zeros(b, p + n, dtype=torch.bool, device=device)
+        for i, row in enumerate(rows):
+            for start, end in row:
+                hidden[i, start:end] = True
+        q = torch.arange(p, p + n, device=device)
+        dtype = next(self.model.parameters()).dtype
+        sliding = [layer for layer in cache.layers if getattr(layer, "is_sliding", False)]
+        sizes = {"full_attention": (p + n, 0, None)}
+        if sliding:
+            sizes["sliding_attention"] = (*sliding[0].get_mask_sizes(n), sliding[0].sliding_window)
+        masks: dict[str, torch.Tensor] = {}
+        for kind, (length, offset, window) in sizes.items():
+            k = torch.arange(offset, offset + length, device=device)
+            allowed = (k[None, :] <= q[:, None])[None] & ~hidden[:, k][:, None, :]  # [b, n, length]
+            if window is not None:
+                allowed &= (q[:, None] - k[None, :] < window)[None]
+            mask = torch.zeros(b, 1, n, length, dtype=dtype, device=device)
+            masks[kind] = mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+        attention_mask: torch.Tensor | dict[str, torch.Tensor] = masks["full_attention"]
+        # When the whole sequence fits in the window the sliding layers' mask is the full one; otherwise
+        # the model must take a mask per layer type.
+        if sliding and p + n > sizes["sliding_attention"][2]:
+            attention_mask = self._mask_mapping(masks)
+        position_ids = q[None].expand(b, -1)
+        out = self._forward(torch.tensor([tokens] * b), cost, cache=cache, attention_mask=attention_mask,
+                            position_ids=position_ids, logits_to_keep=n)
+        idx = torch.tensor(full[p + 1:], device=out.logits.device)[None, :, None].expand(b, -1, -1)
+        return torch.log_softmax(out.logits[:, -n:].float(), dim=-1).gather(-1, idx)[..., 0].cpu()
+
+    def _mask_mapping(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-layer-type masks, for models whose forward takes ``{layer type: 4D mask}`` (Gemma 3, Qwen2)."""
+        import inspect as _inspect
+
+        decoder = getattr(self.model, "model", self.model)
+        try:
+            source = _inspect.getsource(type(decoder).forward)
+        except (OSError, TypeError):
+            source = ""
+        types = set(getattr(getattr(self.model, "config", None), "layer_types", None) or ())
+        if "causal_mask_mapping := attention_mask, dict" not in source or not types <= set(masks):
+            raise ConfigError(
+                "masked LOO on a model with sliding-window layers over a prompt longer than the window needs a "
+                f"model that takes one attention mask per layer type ({type(decoder).__name__} does not): use an "
+                "exact strategy"
+            )
+        return masks
+
     def _iter(self, items, desc):
         if not self.progress:
             return items
@@ -300,6 +462,23 @@ class LikelihoodEngine:
             start = len(s) - n - 1 - (width - keep)
             results.append(self._gather(logits[b, start : start + n], answer))
         return results
+
+
+def _masked_rows(masks: Sequence[Sequence[tuple[int, int]]], limit: int) -> list[list[tuple[int, int]]]:
+    """Validated token ranges per mask: each ``(start, end)`` with ``0 <= start <= end <= limit``."""
+    rows = []
+    for i, mask in enumerate(masks):
+        row = []
+        for r in mask:
+            if not (isinstance(r, (tuple, list)) and len(r) == 2 and all(isinstance(x, int) for x in r)
+                    and 0 <= r[0] <= r[1] <= limit):
+                raise InputError(
+                    f"mask {i} holds {r!r}: a mask is a list of (start, end) token ranges with 0 <= start <= end "
+                    f"<= {limit} (the prompt's tokens before its last, which predicts the answer's first token)"
+                )
+            row.append((r[0], r[1]))
+        rows.append(row)
+    return rows
 
 
 def _check_nonempty(prompt: Sequence[int], answer: Sequence[int]) -> None:

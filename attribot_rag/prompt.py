@@ -5,6 +5,9 @@ the answer is the assistant turn. Prompt and answer are tokenized separately and
 so the answer's token ids are identical under every ablation and log-probs line up position
 for position. An ablation re-renders the prompt without the span's *text* (LOO's definition),
 never a masked token.
+
+:meth:`PromptBuilder.encode_layout` also says where each span's tokens sit in the full prompt
+(for masked LOO, which hides a span from attention instead of re-rendering the prompt).
 """
 
 from __future__ import annotations
@@ -89,6 +92,56 @@ class PromptTemplate:
             title = f" {src.title}" if src.title else ""
             docs.append(self.document.format(index=i + 1, title=title, text=text.strip()))
         return self.user.format(instruction=self.instruction, documents="\n\n".join(docs), question=question)
+
+    def user_layout(self, question: str, sources: Sequence[Source]) -> tuple[str, dict[int, tuple[int, int, int]]]:
+        """:meth:`user_turn` with every source kept, and where each source landed in it.
+
+        Returns ``(text, where)``: ``where[i] = (block_start, block_end, text_start)``, character
+        offsets into ``text`` of source ``i``'s whole rendered block (header + text) and of its
+        stripped text. Raises :class:`ConfigError` when the templates do not hold ``{documents}``
+        and each document's ``{text}`` exactly once (the spans cannot be located then).
+        """
+        docs, where, pos = [], {}, 0
+        for i, src in enumerate(sources):
+            title = f" {src.title}" if src.title else ""
+            block = self.document.format(index=i + 1, title=title, text=src.text.strip())
+            head = _offset_of(self.document, "text", index=i + 1, title=title)
+            if docs:
+                pos += 2  # the "\n\n" that joins document blocks
+            where[i] = (pos, pos + len(block), pos + head)
+            docs.append(block)
+            pos += len(block)
+        text = self.user.format(instruction=self.instruction, documents="\n\n".join(docs), question=question)
+        shift = _offset_of(self.user, "documents", instruction=self.instruction, question=question)
+        if text != self.user_turn(question, sources, [s.text for s in sources]):  # pragma: no cover - a guard
+            raise ConfigError("the prompt template renders documents in a way the span layout cannot follow")
+        return text, {i: (a + shift, b + shift, t + shift) for i, (a, b, t) in where.items()}
+
+
+_FIELD = "\x00ATTRIBOT_FIELD\x00"
+
+
+def _offset_of(template: str, name: str, **values) -> int:
+    """Where ``{name}`` lands in ``template.format(**values, name=...)`` (it must occur exactly once)."""
+    text = template.format(**values, **{name: _FIELD})
+    if text.count(_FIELD) != 1:
+        raise ConfigError(f"the template {template!r} must hold {{{name}}} exactly once to locate spans in the "
+                          "prompt (masked LOO needs that): use a template that does, or another strategy")
+    return text.index(_FIELD)
+
+
+@dataclass(frozen=True)
+class PromptLayout:
+    """The full prompt's token ids and the token range of every span in them.
+
+    ``ranges[(d, None)]`` is source ``d``'s whole block (its "Document [n] Title" header and
+    text); ``ranges[(d, k)]`` is sentence ``k``'s segment (the sentence and the whitespace after
+    it). Each is ``(start, end)``, a half-open range into ``ids``; empty (``start == end``) when a
+    span got no token of its own (see :meth:`PromptBuilder.encode_layout`).
+    """
+
+    ids: list[int]
+    ranges: dict[Ablation, tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -198,6 +251,52 @@ class PromptBuilder:
         ids += tok(after, add_special_tokens=False)["input_ids"] if after else []
         return ids
 
+    def encode_layout(self, question: str, sources: Sequence[Source], history: History = ()) -> PromptLayout:
+        """The full prompt's ids (exactly :meth:`encode_prompt`'s) and each span's token range.
+
+        Tokenizers merge characters across span boundaries (byte-level BPE glues the space
+        between two sentences to the next word: ``" Berlin"``). Each token is therefore given to
+        the span holding its first non-whitespace character (a whitespace-only token: its first
+        character), the rule that also assigns answer tokens to answer sentences; a span's range
+        is the tokens so given to it, which are contiguous. A token whose visible text starts in
+        one span and runs into the next belongs to the first only.
+        """
+        before, after = self._frame(history)
+        tok = self.tokenizer
+        ids = [] if self.use_chat else list(tok("", add_special_tokens=True)["input_ids"])
+        for text, is_content in before:
+            if text:
+                ids += self._encode_plain(text) if is_content else tok(text, add_special_tokens=False)["input_ids"]
+        user, where = self.template.user_layout(question, sources)
+        if user != self._user(question, sources, None):  # pragma: no cover - a guard
+            raise ConfigError("the span layout does not match the rendered prompt")
+        first = len(ids)
+        user_ids, anchors = [], []
+        for start, piece in self._plain_pieces(user):
+            enc = tok(piece, add_special_tokens=False, return_offsets_mapping=True)
+            user_ids += enc["input_ids"]
+            anchors += [_first_visible(user, a + start, b + start) for a, b in enc["offset_mapping"]]
+        ids += user_ids
+        ids += tok(after, add_special_tokens=False)["input_ids"] if after else []
+
+        def token_range(a: int, b: int) -> tuple[int, int]:
+            inside = [i for i, x in enumerate(anchors) if a <= x < b]
+            if not inside:
+                return (first, first)
+            return (first + inside[0], first + inside[-1] + 1)
+
+        ranges: dict[Ablation, tuple[int, int]] = {}
+        for d, src in enumerate(sources):
+            block_start, block_end, text_start = where[d]
+            ranges[(d, None)] = token_range(block_start, block_end)
+            lead = len(src.text) - len(src.text.lstrip())
+            text_end = text_start + len(src.text.strip())
+            for k, sent in enumerate(src.sentences):
+                a = min(max(text_start + sent.seg_start - lead, text_start), text_end)
+                b = min(max(text_start + sent.seg_end - lead, text_start), text_end)
+                ranges[(d, k)] = token_range(a, b)
+        return PromptLayout(ids=ids, ranges=ranges)
+
     def _plain_pieces(self, text: str) -> list[tuple[int, str]]:
         """``text`` cut so that no piece holds a whole added/special-token string, with start offsets.
 
@@ -253,3 +352,10 @@ class PromptBuilder:
         n = len(prefix)
         offsets = [(max(a - n, 0), max(b - n, 0)) for a, b in spans]
         return EncodedAnswer(ids=ids, offsets=offsets)
+
+
+def _first_visible(text: str, start: int, end: int) -> int:
+    """Offset of the first non-whitespace character of ``text[start:end]`` (``start`` if there is none)."""
+    piece = text[start:end]
+    stripped = piece.lstrip()
+    return start + len(piece) - len(stripped) if stripped else start
