@@ -5,6 +5,7 @@ hierarchical attribution, proxy models, proxy pruning), with ranked citations.
 """
 
 from .attributor import PRESETS, Attributor, Encoded, Strategy
+from .config import AttributorConfig, clear_shared_attributors, shared_attributor
 from .engine import Cost, LikelihoodEngine, OutOfMemory
 from .errors import (
     AttribotError,
@@ -29,10 +30,10 @@ from .spans import Sentence, Source, split_source, split_text
 __version__ = "0.1.0"
 
 __all__ = [
-    "AttribotError", "AttributionResult", "Attributor", "BatchError", "Citation", "ConfigError",
+    "AttribotError", "AttributionResult", "Attributor", "AttributorConfig", "BatchError", "Citation", "ConfigError",
     "ContextTooLongError", "Cost", "DEFAULT_MODEL", "DeviceError", "DocsFileError", "EmptyAnswerError", "Encoded",
-    "InputError", "LikelihoodEngine", "LoadedModel", "ModelError", "NonFiniteScoreError", "NoSourcesError",
+    "InputError", "LikelihoodEngine", "LoadedModel", "ModelError", "NoSourcesError", "NonFiniteScoreError",
     "OutOfMemory", "PRESETS", "PromptBuilder", "PromptTemplate", "ProxyEncodingError", "REGISTRY", "Sentence",
-    "Source", "SpanScore", "Strategy", "UnknownModelError", "clear_model_cache", "load_model", "model_lock",
-    "shared_model", "split_source", "split_text",
+    "Source", "SpanScore", "Strategy", "UnknownModelError", "clear_model_cache", "clear_shared_attributors",
+    "load_model", "model_lock", "shared_attributor", "shared_model", "split_source", "split_text",
 ]

@@ -139,6 +139,53 @@ def check_proxy_used(strategy: str | Strategy, proxy: object | None) -> None:
         )
 
 
+def check_settings(
+    target=DEFAULT_MODEL,
+    proxy=None,
+    *,
+    strategy: str | Strategy = "auto",
+    template: PromptTemplate | None = None,
+    device: str | None = None,
+    dtype=None,
+    max_batch_tokens: int | None = None,
+    max_batch_size: int | None = None,
+    max_sentence_tokens: int | None = DEFAULT_MAX_SENTENCE_TOKENS,
+    overflow: str = "error",
+    progress: bool = False,
+) -> Strategy:
+    """Check :class:`Attributor` arguments without loading anything; return the resolved strategy.
+
+    What :class:`Attributor` and :class:`~attribot_rag.AttributorConfig` both run first, so a
+    bad setting fails the same way, before any weights load. An unknown model *name* is only
+    found out when it is loaded.
+
+    Raises:
+        ConfigError: a model of the wrong type, ``device``/``dtype`` with a model object, an
+            unknown strategy (or a proxy strategy without a proxy), a template that is not a
+            :class:`PromptTemplate`, a batch cap or sentence budget below 1, an unknown overflow
+            policy, a non-bool ``progress``.
+        DeviceError: an unknown dtype or a device this machine does not have.
+    """
+    check_model_settings(target, device, dtype, "model")
+    if proxy is not None:
+        check_model_settings(proxy, device, dtype, "proxy")
+    try:
+        strat = resolve_strategy(strategy, has_proxy=proxy is not None)
+    except TypeError as exc:  # an unhashable value, looked up in the presets
+        raise ConfigError(f"strategy={strategy!r}: pass a preset name or a Strategy") from exc
+    if template is not None and not isinstance(template, PromptTemplate):
+        raise ConfigError(f"template={type(template).__name__}: pass an attribot_rag.PromptTemplate")
+    for key, value in (("max_batch_tokens", max_batch_tokens), ("max_batch_size", max_batch_size),
+                       ("max_sentence_tokens", max_sentence_tokens)):
+        if value is not None and not is_count(value, 1):
+            raise ConfigError(f"{key} must be an int >= 1 (or None for the default), got {value!r}")
+    if not isinstance(overflow, str) or overflow not in OVERFLOW_POLICIES:
+        raise ConfigError(f"unknown overflow policy {overflow!r}: use one of {', '.join(OVERFLOW_POLICIES)}")
+    if not isinstance(progress, bool):
+        raise ConfigError(f"progress must be True or False, got {progress!r}")
+    return strat
+
+
 @dataclass
 class _Scores:
     """Per-span token-level drops from one model, reduced per answer sentence."""
@@ -277,8 +324,9 @@ class Attributor:
         overflow: str = "error",
         progress: bool = False,
     ) -> None:
-        if overflow not in OVERFLOW_POLICIES:
-            raise ConfigError(f"unknown overflow policy {overflow!r}: use one of {', '.join(OVERFLOW_POLICIES)}")
+        check_settings(target, proxy, strategy=strategy, template=template, device=device, dtype=dtype,
+                       max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
+                       max_sentence_tokens=max_sentence_tokens, overflow=overflow, progress=progress)
         self.overflow = overflow
         self.template = template or PromptTemplate()
         self.max_sentence_tokens = max_sentence_tokens
@@ -306,8 +354,10 @@ class Attributor:
     def locked(self) -> contextlib.AbstractContextManager[None]:
         """Hold the process-wide lock of each model this attributor runs (:func:`~attribot_rag.models.model_lock`).
 
-        The integrations hold it around every call, so work on one shared model runs one call at
-        a time across LangChain, LlamaIndex and your own code that takes it too.
+        :meth:`attribute` holds it for the whole call (and :mod:`~attribot_rag.generation` while it
+        decodes), so work on one shared model runs one call at a time across threads, LangChain,
+        LlamaIndex and your own code that takes it too. The locks are reentrant: holding it around
+        several calls of your own is allowed.
         """
         return models_locked(self.target.loaded, None if self.proxy is None else self.proxy.loaded)
 
@@ -381,7 +431,14 @@ class Attributor:
         ``overflow`` overrides the attributor's policy for prompts longer than the context window.
         ``history``: earlier chat turns (``[{"role": "user"|"assistant", "content": str}, ...]``),
         rendered before the turn holding the sources and the question; context, never ablated.
+
+        Thread-safe: the call holds :meth:`locked` (its models' process-wide locks), so calls on
+        one attributor, or on attributors sharing a model, run one at a time.
         """
+        with self.locked():
+            return self._attribute(question, sources, answer, strategy, max_new_tokens, overflow, history)
+
+    def _attribute(self, question, sources, answer, strategy, max_new_tokens, overflow, history) -> AttributionResult:
         started = time.perf_counter()
         if not isinstance(question, str):
             raise InputError(f"the question must be a str, not {type(question).__name__}: pass the question's text")

@@ -609,8 +609,12 @@ def _dtype_key(dtype: Any, device: str) -> str:
     return _default_dtype_name(device) if resolved is None else dtype_name(resolved)
 
 
-def _shared_key(model: Any, device: str | None, dtype: Any) -> tuple:
-    """A named model keys by what it would load as; objects key by identity (the entry keeps them alive)."""
+def model_key(model: Any, device: str | None = None, dtype: Any = None) -> tuple:
+    """A hashable key for a model setting: a named model keys by what it would load as (``"fp32"`` and
+    ``torch.float32`` alike, ``device=None`` as the default device), a :class:`LoadedModel` or a
+    ``(model, tokenizer)`` pair by identity (whoever keeps the key must keep the object alive)."""
+    if isinstance(model, LoadedModel):
+        return ("loaded", id(model))
     if isinstance(model, os.PathLike):  # a Path is always a local folder or file, never a registry name
         dev = _device_key(device)
         return ("path", os.path.abspath(os.fspath(model)), dev, _dtype_key(dtype, dev))
@@ -634,7 +638,7 @@ def shared_model(model: Any = DEFAULT_MODEL, *, device: str | None = None, dtype
     if isinstance(model, tuple):
         if len(model) != 2:
             raise ModelError(f"a model given as a tuple must be (model, tokenizer); got {len(model)} items")
-        key = _shared_key(model, device, dtype)
+        key = model_key(model, device, dtype)
         with _SHARED_GUARD:
             if key not in _SHARED:
                 m, tok = model
@@ -644,7 +648,7 @@ def shared_model(model: Any = DEFAULT_MODEL, *, device: str | None = None, dtype
     if not isinstance(model, (str, os.PathLike)):
         raise ModelError(f"cannot load a model from {type(model).__name__}: pass an embedded name, a local "
                          "path, a Hugging Face id, a LoadedModel or a (model, tokenizer) pair")
-    key = _shared_key(model, device, dtype)
+    key = model_key(model, device, dtype)
     with _SHARED_GUARD:
         if key in _SHARED:
             return _SHARED[key]
@@ -687,22 +691,30 @@ def models_locked(*models: LoadedModel | None) -> Iterator[None]:
         yield
 
 
-def on_clear_model_cache(callback: Callable[[], None]) -> None:
-    """Run ``callback`` on every :func:`clear_model_cache` (integrations drop what holds models)."""
+def on_clear_model_cache(callback: Callable[..., None]) -> None:
+    """Run ``callback(*models)`` on every :func:`clear_model_cache` (with the models it was given: none
+    means all), so what holds those models is dropped too (the core's shared attributors do this)."""
     with _SHARED_GUARD:
         _ON_CLEAR.append(callback)
 
 
-def clear_model_cache() -> None:
-    """Forget every shared model, its lock and what integrations built on it (each model is freed
-    once nothing else holds it); a load running meanwhile is not cached."""
+def clear_model_cache(*models: LoadedModel) -> None:
+    """Forget every shared model, its lock and every shared attributor on it (each model is freed once
+    nothing else holds it); a load running meanwhile is not cached. With ``models``: forget only those."""
     with _SHARED_GUARD:
-        _SHARED.clear()
-        _MODEL_LOCKS.clear()
-        _SHARED_GENERATION[0] += 1
+        if models:
+            gone = {id(m) for m in models}
+            for key in [k for k, m in _SHARED.items() if id(m) in gone]:
+                del _SHARED[key]
+            for key in gone & set(_MODEL_LOCKS):
+                del _MODEL_LOCKS[key]
+        else:
+            _SHARED.clear()
+            _MODEL_LOCKS.clear()
+            _SHARED_GENERATION[0] += 1
         callbacks = list(_ON_CLEAR)
     for callback in callbacks:
-        callback()
+        callback(*models)
 
 
 def describe_tokenizer_pair(target: LoadedModel, proxy: LoadedModel) -> str:

@@ -287,8 +287,7 @@ def cite(
     """
     text = answer_text(answer)
     sources = to_sources(documents, options.id_key)
-    with attributor.locked():  # the models' process-wide locks
-        result = attributor.attribute(question, sources, text, history=list(history))
+    result = attributor.attribute(question, sources, text, history=list(history))  # holds the models' locks
     # The core may drop sources to fit the context window (``overflow=``): its result then lists
     # only the kept ones, so map back to the retrieved list by id, never by position.
     positions = {src.id: i for i, src in enumerate(sources)}

@@ -1,25 +1,25 @@
 """Which local model scores answers: the settings every component of the package shares.
 
-The settings are checked when a component is built (:func:`attribot_rag.models.check_model_settings`,
-:meth:`ScorerSettings.__post_init__`), so a typo fails at construction with a
+The settings are checked when a component is built (:class:`~attribot_rag.AttributorConfig`
+checks them without loading anything), so a typo fails at construction with a
 :class:`~attribot_rag.ConfigError`, not at the first ``invoke``, after the chain's LLM has
 already run (and been paid for).
 """
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from attribot_rag import DEFAULT_MODEL, Attributor, ConfigError, PromptTemplate
-from attribot_rag.attributor import OVERFLOW_POLICIES, resolve_strategy
+from attribot_rag import DEFAULT_MODEL, Attributor, AttributorConfig, ConfigError, PromptTemplate, shared_attributor
 from attribot_rag.models import check_model_settings
 
-from ._models import ModelLike, shared_attributor
+from ._models import ModelLike
 
-# Attributor arguments ScorerSettings sets itself; the rest may go in ``attributor_kwargs``.
-_OWN_ARGS = frozenset({"target", "proxy", "strategy", "template", "device", "dtype"})
+# AttributorConfig fields ScorerSettings sets itself; the rest may go in ``attributor_kwargs``.
+_OWN_ARGS = frozenset({"model", "target", "proxy", "strategy", "template", "device", "dtype"})
+_OPTIONS = frozenset(f.name for f in dataclasses.fields(AttributorConfig) if f.init) - _OWN_ARGS
 
 
 def check_model(model: Any, what: str = "model") -> None:
@@ -59,49 +59,39 @@ class ScorerSettings:
     attributor: Attributor | None = None
     attributor_kwargs: dict[str, Any] = field(default_factory=dict)
 
+    config: AttributorConfig | None = field(init=False, default=None, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         if self.attributor is not None:
             if not isinstance(self.attributor, Attributor):
                 raise ConfigError(f"attributor={type(self.attributor).__name__}: pass an attribot_rag.Attributor")
             return  # the other fields are ignored
-        check_model_settings(self.model, self.device, self.dtype)
-        if self.proxy is not None:
-            check_model_settings(self.proxy, self.device, self.dtype, "proxy")
-        try:
-            resolve_strategy(self.strategy, has_proxy=self.proxy is not None)
-        except TypeError as exc:  # an unhashable value, looked up in the presets
-            raise ConfigError(f"strategy={self.strategy!r}: pass a preset name or a Strategy") from exc
-        if self.template is not None and not isinstance(self.template, PromptTemplate):
-            raise ConfigError(f"template={type(self.template).__name__}: pass an attribot_rag.PromptTemplate")
         self._check_attributor_kwargs()
+        config = AttributorConfig(self.model, self.proxy, strategy=self.strategy, template=self.template,
+                                  device=self.device, dtype=self.dtype, **self.attributor_kwargs)
+        object.__setattr__(self, "config", config)
 
     def _check_attributor_kwargs(self) -> None:
-        allowed = set(inspect.signature(Attributor).parameters) - _OWN_ARGS
         for name, value in self.attributor_kwargs.items():
-            if name not in allowed:
+            if name not in _OPTIONS:
                 hint = " (pass it as its own argument)" if name in _OWN_ARGS else ""
                 raise ConfigError(f"attributor_kwargs has {name!r}, which is not an Attributor option{hint}: "
-                                  f"use {', '.join(sorted(allowed))}")
+                                  f"use {', '.join(sorted(_OPTIONS))}")
             try:
                 hash(value)
             except TypeError as exc:  # the shared-attributor cache keys on the values
                 raise ConfigError(f"attributor_kwargs[{name!r}] = {value!r} is unhashable: pass a plain "
                                   "number, string or tuple") from exc
-        overflow = self.attributor_kwargs.get("overflow", "error")
-        if overflow not in OVERFLOW_POLICIES:
-            raise ConfigError(f"unknown overflow policy {overflow!r}: use one of {', '.join(OVERFLOW_POLICIES)}")
 
     def resolve(self) -> Attributor:
-        """The attributor: given, or shared across every component with equal settings.
+        """The attributor: given, or shared across every component with equal settings
+        (:func:`attribot_rag.shared_attributor` of :attr:`config`).
 
         The first call loads the model (seconds); call it from a worker thread in async code.
         """
         if self.attributor is not None:
             return self.attributor
-        return shared_attributor(
-            self.model, self.proxy, strategy=self.strategy, device=self.device, dtype=self.dtype,
-            template=self.template, **self.attributor_kwargs,
-        )
+        return shared_attributor(self.config)
 
     def describe(self) -> str:
         """A short label for reprs."""

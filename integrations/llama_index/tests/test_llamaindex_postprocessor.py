@@ -176,18 +176,13 @@ def test_default_attributor_is_the_embedded_default_model(monkeypatch):
     import llama_index.postprocessor.attribot.base as base
 
     made = []
-
-    class FakeAttributor:
-        def __init__(self, target, proxy=None, **kwargs):
-            made.append((target, proxy, kwargs))
-
-    monkeypatch.setattr(base, "Attributor", FakeAttributor)
-    monkeypatch.setattr(base, "shared_model", lambda name, dtype=None, device=None: ("loaded", name, dtype, device))
+    monkeypatch.setattr(base, "shared_attributor", lambda config: made.append(config) or object())
     pp = AttribotNodePostprocessor(dtype="fp32")
     assert made == []  # nothing is loaded until attribution runs
     first = pp.get_attributor()
     assert pp.get_attributor() is first and len(made) == 1
-    assert made[0][0] == ("loaded", "smollm2-135m", "fp32", None) and made[0][1] is None
+    assert made[0].model == "smollm2-135m" and made[0].dtype == "fp32" and made[0].proxy is None
+    assert made[0] == pp.attributor_config()  # the core's process-wide attributor for these settings
 
 
 def test_field_validation():

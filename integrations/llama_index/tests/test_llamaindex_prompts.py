@@ -78,7 +78,7 @@ def test_unmirrorable_prompts_are_clear_errors():
 def test_default_postprocessor_builds_the_mirrored_template(monkeypatch):
     import llama_index.postprocessor.attribot.base as base
 
-    made = {}
-    monkeypatch.setattr(base, "Attributor", lambda *a, **kw: made.update(kw) or object())
+    made = []
+    monkeypatch.setattr(base, "shared_attributor", lambda config: made.append(config) or object())
     AttribotNodePostprocessor().get_attributor()
-    assert made["template"] == llamaindex_qa_template()
+    assert made[0].template == llamaindex_qa_template()

@@ -101,20 +101,16 @@ def fake_loads(monkeypatch, lc_tiny):
     attributors built on them are removed afterwards.
     """
     import attribot_rag.models as core_models
-    from attribot_rag import LoadedModel
-
-    import langchain_attribot._models as models
+    from attribot_rag import LoadedModel, clear_model_cache
 
     calls: list[tuple] = []
+    loaded: list[LoadedModel] = []
 
     def fake_load(name, *, device=None, dtype=None):
         calls.append((name, device, dtype))
-        return LoadedModel(name=name, model=lc_tiny.model, tokenizer=lc_tiny.tokenizer)
+        loaded.append(LoadedModel(name=name, model=lc_tiny.model, tokenizer=lc_tiny.tokenizer))
+        return loaded[-1]
 
     monkeypatch.setattr(core_models, "load_model", fake_load)
-    before = set(core_models._SHARED)
     yield calls
-    with models._GUARD:
-        fakes = {id(core_models._SHARED.pop(k)) for k in set(core_models._SHARED) - before}
-        for key in [k for k, (_, held) in models._ATTRIBUTORS.items() if {id(m) for m in held} & fakes]:
-            del models._ATTRIBUTORS[key]
+    clear_model_cache(*loaded)  # those models, and the shared attributors built on them

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +18,7 @@ from attribot_rag import (
     DEFAULT_MODEL,
     AttributionResult,
     Attributor,
+    AttributorConfig,
     EmptyAnswerError,
     InputError,
     LoadedModel,
@@ -26,11 +26,10 @@ from attribot_rag import (
     PromptTemplate,
     Source,
     Strategy,
+    shared_attributor,
 )
-from attribot_rag.attributor import resolve_strategy
+from attribot_rag import shared_model as core_shared_model
 from attribot_rag.decisions import DEFAULT_RULE, UNSET, DecisionRule
-from attribot_rag.models import resolve_dtype
-from attribot_rag.models import shared_model as core_shared_model
 from llama_index.core.bridge.pydantic import Field, field_validator, model_validator
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
@@ -52,8 +51,6 @@ ATTRIBUTION_SCORE_KEY = "attribution_score"
 #: Node metadata key holding the node's share of the total positive attribution score.
 ATTRIBUTION_SHARE_KEY = "attribution_share"
 _ADDED_KEYS = (RETRIEVAL_SCORE_KEY, ATTRIBUTION_SCORE_KEY, ATTRIBUTION_SHARE_KEY)
-# Guards the lazy attributor build; module-level so postprocessors stay deep-copyable and picklable.
-_BUILD_LOCK = threading.RLock()
 
 
 def shared_model(name: str, dtype: Any = None, device: str | None = None) -> LoadedModel:
@@ -62,13 +59,6 @@ def shared_model(name: str, dtype: Any = None, device: str | None = None) -> Loa
     device), and any LangChain component, holds one set of weights. A chat engine built per session
     therefore does not reload the model per session. ``clear_model_cache()`` forgets them."""
     return core_shared_model(name, dtype=dtype, device=device)
-
-
-def _attribute(attributor: Attributor, question: str, sources: list[Source], answer: str,
-               history: Sequence[Any] | None) -> AttributionResult:
-    # the model's process-wide lock: one call at a time per model, with LangChain's users of it too
-    with attributor.locked():
-        return attributor.attribute(question, sources, answer, history=history)
 
 
 class NodeTextError(InputError):
@@ -223,8 +213,7 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
         # Fail when the postprocessor (or an engine wrapper) is built, not after a turn was answered
         # and written to chat memory: the attributor and its model are only built on first use.
         if self.attributor is None:
-            resolve_strategy(self.strategy, has_proxy=self.proxy is not None)  # ConfigError
-            resolve_dtype(self.dtype)  # DeviceError (a ModelError) naming the accepted dtypes
+            self.attributor_config()  # ConfigError / DeviceError: nothing is loaded to find out
         self.resolved_rule()  # ConfigError for an override the rule does not accept
         return self
 
@@ -248,16 +237,17 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
         return "AttribotNodePostprocessor"
 
     # ------------------------------------------------------------------ attributor
+    def attributor_config(self) -> AttributorConfig:
+        """The settings of the attributor built when none is given (checked, nothing loaded)."""
+        return AttributorConfig(self.target, self.proxy, strategy=self.strategy, device=self.device,
+                                dtype=self.dtype, template=self.template or llamaindex_qa_template())
+
     def get_attributor(self) -> Attributor:
-        """The attributor in use, built (and its model loaded) on first call."""
+        """The attributor in use: given, or the process-wide one for :meth:`attributor_config`
+        (:func:`attribot_rag.shared_attributor`: built, and its model loaded, on first call; shared by
+        every postprocessor and engine wrapper with equal settings)."""
         if self.attributor is None:
-            # load outside the lock: postprocessors of different models load side by side
-            target = shared_model(self.target, self.dtype, self.device)
-            proxy = None if self.proxy is None else shared_model(self.proxy, self.dtype, self.device)
-            with _BUILD_LOCK:
-                if self.attributor is None:
-                    self.attributor = Attributor(target, proxy, strategy=self.strategy,
-                                                 template=self.template or llamaindex_qa_template())
+            self.attributor = shared_attributor(self.attributor_config())
         return self.attributor
 
     # ------------------------------------------------------------------ public API
@@ -313,7 +303,7 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
         """
         nodes, question, answer, sources = self._prepare(nodes, query_str, answer)
         with self._traced(nodes, question) as out:
-            result = _attribute(self.get_attributor(), question, sources, answer, history)
+            result = self.get_attributor().attribute(question, sources, answer, history=history)  # takes its lock
             out.append(self._rank(nodes, sources, result))
         return out[0]
 
@@ -325,7 +315,7 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
         nodes, question, answer, sources = self._prepare(nodes, query_str, answer)
         with self._traced(nodes, question) as out:
             attributor = await asyncio.to_thread(self.get_attributor)
-            result = await asyncio.to_thread(_attribute, attributor, question, sources, answer, history)
+            result = await attributor.aattribute(question, sources, answer, history=history)
             out.append(self._rank(nodes, sources, result))
         return out[0]
 
