@@ -24,7 +24,7 @@ from .errors import (
 )
 from .models import DEFAULT_MODEL, REGISTRY, LoadedModel, clear_model_cache, load_model, model_lock, shared_model
 from .prompt import PromptBuilder, PromptTemplate
-from .result import AttributionResult, Citation, SpanScore
+from .result import AttributionResult, Citation, SourceRow, SpanScore
 from .spans import Sentence, Source, split_source, split_text
 
 __version__ = "0.1.0"
@@ -34,6 +34,7 @@ __all__ = [
     "ContextTooLongError", "Cost", "DEFAULT_MODEL", "DeviceError", "DocsFileError", "EmptyAnswerError", "Encoded",
     "InputError", "LikelihoodEngine", "LoadedModel", "ModelError", "NoSourcesError", "NonFiniteScoreError",
     "OutOfMemory", "PRESETS", "PromptBuilder", "PromptTemplate", "ProxyEncodingError", "REGISTRY", "Sentence",
-    "Source", "SpanScore", "Strategy", "UnknownModelError", "clear_model_cache", "clear_shared_attributors",
-    "load_model", "model_lock", "shared_attributor", "shared_model", "split_source", "split_text",
+    "Source", "SourceRow", "SpanScore", "Strategy", "UnknownModelError", "clear_model_cache",
+    "clear_shared_attributors", "load_model", "model_lock", "shared_attributor", "shared_model", "split_source",
+    "split_text",
 ]

@@ -95,6 +95,49 @@ class Citation:
         return d
 
 
+@dataclass(frozen=True)
+class SourceRow:
+    """One retrieved source with its scores and the decision layer's verdicts (see
+    :meth:`AttributionResult.source_rows`).
+
+    ``index``: position in ``result.sources`` (retrieval order, after any overflow drop); ``rank``:
+    1-based position when the sources are ranked by ``score`` (highest first, ties in retrieval
+    order); ``score``: the leave-one-out document score (nats); ``share``: of the positive document
+    scores; ``used`` / ``evidence`` / ``sufficiency``: the rule's verdict and why
+    (:class:`~attribot_rag.decisions.SourceVerdict`); ``sentences``: the sentence scores.
+    """
+
+    index: int
+    id: str
+    title: str | None
+    text: str
+    metadata: dict[str, Any]
+    score: float
+    share: float
+    used: bool
+    evidence: tuple[str, ...]
+    sufficiency: float | None
+    rank: int
+    scored_by: str
+    answer_sentence_scores: list[float]
+    sentences: list[SpanScore]
+
+    @property
+    def scored(self) -> bool:
+        """Whether the strategy scored the source (a skipped one scores 0)."""
+        return self.scored_by != NOT_SCORED
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as :meth:`AttributionResult.to_dict` writes it (no text, no metadata)."""
+        return {
+            "id": self.id, "index": self.index, "rank": self.rank, "title": self.title, "score": self.score,
+            "share": self.share, "used": self.used, "evidence": list(self.evidence), "sufficiency": self.sufficiency,
+            "scored_by": self.scored_by, "answer_sentence_scores": list(self.answer_sentence_scores),
+            "sentences": [{"index": s.sentence_index, "score": s.score, "scored_by": s.scored_by}
+                          for s in self.sentences],
+        }
+
+
 def jsonable(value: Any) -> Any:
     """``value`` made strict JSON: NaN/inf -> None, numpy numbers and arrays -> numbers and lists,
     mapping keys -> str, anything else -> its ``str`` (metadata can hold anything)."""
@@ -196,6 +239,23 @@ class AttributionResult:
             )
         return out
 
+    def source_rows(self, rule: DecisionRule | None = None, *, decisions: Decisions | None = None) -> list[SourceRow]:
+        """One :class:`SourceRow` per source, in retrieval order: its scores and the verdicts of
+        ``rule`` (:data:`DEFAULT_RULE`), or of ``decisions`` already taken on this result (so a view
+        that also lists citations or markers decides once)."""
+        verdicts = decisions if decisions is not None else self.decisions(rule)
+        order = sorted(range(len(self.sources)), key=lambda i: (-self.document_scores[i].score, i))
+        rank = {i: r for r, i in enumerate(order, start=1)}
+        return [
+            SourceRow(
+                index=i, id=src.id, title=src.title, text=src.text, metadata=dict(src.metadata), score=d.score,
+                share=v.share, used=v.used, evidence=tuple(v.evidence), sufficiency=v.sufficiency, rank=rank[i],
+                scored_by=d.scored_by, answer_sentence_scores=list(d.answer_sentence_scores),
+                sentences=list(self.sentence_scores[i]),
+            )
+            for i, (src, d, v) in enumerate(zip(self.sources, self.document_scores, verdicts.sources))
+        ]
+
     def source_shares(self) -> list[float]:
         """Each source's share of the total positive document score."""
         return _shares([d.score for d in self.document_scores])
@@ -241,27 +301,16 @@ class AttributionResult:
 
     def to_dict(self, top_k: int | None = None) -> dict[str, Any]:
         """A strict-JSON-ready dict (see :meth:`to_json` for how odd metadata is written): ``answer``,
-        ``supported``, ``citations``, ``cited``, ``sources``, ``answer_sentences``, ``noise``, ``timing``."""
+        ``supported``, ``citations``, ``cited``, ``sources`` (:meth:`source_rows`), ``answer_sentences``,
+        ``noise``, ``timing``."""
         verdicts = self.decisions()
-        shares = self.source_shares()
         return jsonable({
             "question": self.question,
             "answer": self.answer,
             "strategy": self.strategy,
             "supported": verdicts.supported,
             "citations": [c.to_dict() for c in self.citations(top_k=top_k)],
-            "sources": [
-                {
-                    "id": src.id, "index": i, "score": d.score, "share": sh, "used": v.used,
-                    "evidence": list(v.evidence), "sufficiency": v.sufficiency,
-                    "scored_by": d.scored_by, "answer_sentence_scores": d.answer_sentence_scores,
-                    "sentences": [
-                        {"index": s.sentence_index, "score": s.score, "scored_by": s.scored_by}
-                        for s in self.sentence_scores[i]
-                    ],
-                }
-                for i, (src, d, sh, v) in enumerate(zip(self.sources, self.document_scores, shares, verdicts.sources))
-            ],
+            "sources": [row.to_dict() for row in self.source_rows(decisions=verdicts)],
             "answer_sentences": [v.to_dict() for v in verdicts.answer_sentences],
             "cited": [c.to_dict() for c in verdicts.citations[: top_k if top_k is not None else None]],
             "marked_answer": self._with_marks(verdicts.marks),  # the same verdicts, not decided again

@@ -357,15 +357,13 @@ def used_documents(
     ``positions``: source id -> index into ``documents`` (needed when the core dropped sources).
     A document the core dropped to fit the context window was not scored, so it is not used.
     """
-    mask = decisions.used
-    shares = result.source_shares()
     index = positions if positions is not None else {src.id: i for i, src in enumerate(result.sources)}
     return [
-        documents[index[src.id]].model_copy(
-            update={"metadata": {**documents[index[src.id]].metadata, SCORE_KEY: s.score, SHARE_KEY: sh}}
+        documents[index[row.id]].model_copy(
+            update={"metadata": {**documents[index[row.id]].metadata, SCORE_KEY: row.score, SHARE_KEY: row.share}}
         )
-        for src, s, sh, used in zip(result.sources, result.document_scores, shares, mask)
-        if used
+        for row in result.source_rows(decisions=decisions)
+        if row.used
     ]
 
 
@@ -387,7 +385,7 @@ def summarize(
     position in the retrieved list (``positions``: id -> position); ``dropped_document_ids`` names
     the documents the core dropped unscored to fit the context window.
     """
-    mask = decisions.used
+    rows = result.source_rows(decisions=decisions)
     index = positions if positions is not None else {src.id: i for i, src in enumerate(result.sources)}
     return jsonable({
         "model": attributor.target.name,
@@ -398,11 +396,11 @@ def summarize(
         "noise": decisions.noise,
         "citations": len(citations),
         "documents": [
-            {"index": index[src.id], "id": src.id, "title": src.title, "score": v.loo, "share": v.share,
-             "used": v.used, "evidence": list(v.evidence), "sufficiency": v.sufficiency}
-            for src, v in zip(result.sources, decisions.sources)
+            {"index": index[r.id], "id": r.id, "title": r.title, "score": r.score, "share": r.share,
+             "used": r.used, "evidence": list(r.evidence), "sufficiency": r.sufficiency}
+            for r in rows
         ],
-        "used_document_ids": [src.id for src, u in zip(result.sources, mask) if u],
+        "used_document_ids": [r.id for r in rows if r.used],
         "dropped_document_ids": [src.id for src in result.dropped_sources],
         "answer_sentences": [a.to_dict() for a in decisions.answer_sentences],
         "seconds": result.timing.get("total_seconds"),

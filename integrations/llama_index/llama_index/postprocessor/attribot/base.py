@@ -408,16 +408,18 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
         # The core may drop sources to fit the context window (``overflow=``) and then lists only
         # the kept ones: map its scores back to the nodes by id, never by position.
         position = {src.id: i for i, src in enumerate(sources)}
-        scored = [position[src.id] for src in result.sources]
         verdicts = result.decisions(self.resolved_rule())  # every verdict, from the core's one rule
+        rows = result.source_rows(decisions=verdicts)
         scores: list[float | None] = [None] * len(nodes)
         shares: list[float | None] = [None] * len(nodes)
         used = [False] * len(nodes)  # a dropped node was not scored, so not used
         evidence: list[list[str]] = [[] for _ in nodes]
-        for i, v in zip(scored, verdicts.sources):
-            scores[i], shares[i], used[i], evidence[i] = v.loo, v.share, v.used, list(v.evidence)
-        # stable: ties keep retrieval order; dropped (unscored) nodes go last, in retrieval order
-        order = sorted(scored, key=lambda i: -scores[i]) + [i for i in range(len(nodes)) if scores[i] is None]
+        for row in rows:
+            i = position[row.id]
+            scores[i], shares[i], used[i], evidence[i] = row.score, row.share, row.used, list(row.evidence)
+        # by the core's rank (ties keep retrieval order); dropped (unscored) nodes go last, in retrieval order
+        order = [position[r.id] for r in sorted(rows, key=lambda r: r.rank)]
+        order += [i for i in range(len(nodes)) if scores[i] is None]
         kept = [i for i in order if used[i]] if self.filter_unused else list(order)
         if self.top_n is not None:
             kept = kept[: self.top_n]
