@@ -29,6 +29,7 @@ from .errors import (
     is_finite_number,
 )
 from .generation import generate as greedy_generate
+from .masked import MASKED, approximate_label, masked_logprobs
 from .models import (
     DEFAULT_MODEL,
     LoadedModel,
@@ -59,7 +60,9 @@ class Strategy:
         proxy: score with the proxy model instead of the target.
         prune_top_k: proxy pruning: the proxy ranks sentences and the target rescores only the
             best ``prune_top_k`` (implies ``proxy``).
-        engine_mode: ``"batched"``, ``"serial"`` (one cached ablation at a time) or ``"exact"``.
+        engine_mode: ``"batched"``, ``"serial"`` (one cached ablation at a time) or ``"exact"``, which
+            compute exact LOO; or ``"masked"``: masked LOO (:mod:`.masked`), a fast approximation
+            whose spans say ``scored_by="MODEL (masked LOO, approximate)"``, never exact.
     """
 
     level: str = "hierarchical"
@@ -82,8 +85,12 @@ class Strategy:
         if self.prune_top_k is not None and self.level == "document":
             raise ConfigError("prune_top_k shortlists sentences for the target to rescore, and level='document' "
                               "scores none: use level='hierarchical' or 'sentence' with it")
-        if self.engine_mode not in ENGINE_MODES:
-            raise ConfigError(f"unknown engine_mode {self.engine_mode!r}: use one of {', '.join(ENGINE_MODES)}")
+        if self.engine_mode not in (*ENGINE_MODES, MASKED):
+            raise ConfigError(f"unknown engine_mode {self.engine_mode!r}: use one of "
+                              f"{', '.join((*ENGINE_MODES, MASKED))}")
+        if self.engine_mode == MASKED and self.prune_top_k is not None:
+            raise ConfigError("engine_mode='masked' with prune_top_k is not supported yet: the rescoring pass "
+                              "must be exact (issue #17); use one or the other")
 
     @property
     def uses_proxy(self) -> bool:
@@ -99,6 +106,8 @@ PRESETS: dict[str, Strategy] = {
     "proxy": Strategy(level="sentence", proxy=True, name="proxy"),
     "proxy-hierarchical": Strategy(level="hierarchical", keep_top_k=3, proxy=True, name="proxy-hierarchical"),
     "proxy-prune": Strategy(level="hierarchical", keep_top_k=3, prune_top_k=8, name="proxy-prune"),
+    # approximate (masked LOO): every document and every sentence, each re-running only the answer
+    "masked": Strategy(level="hierarchical", keep_top_k=None, engine_mode=MASKED, name="masked"),
 }
 
 
@@ -236,16 +245,21 @@ class _Scorer:
                 f"prompt ({len(prompt)} tokens) + answer ({len(enc.ids)}) exceed {self.name}'s context "
                 f"window of {window} tokens: pass fewer or shorter sources, or use a longer-context model"
             )
-        if keeps is not None:
-            variants = [self.builder.encode_prompt(question, sources, None, history, keep=k) for k in keeps]
+        if mode == MASKED and keeps is None:  # approximate: spans hidden from attention, see .masked
+            full, ablated = masked_logprobs(self, question, history, sources, prompt, enc.ids, ablations, cost,
+                                            memo, desc)
         else:
-            variants = [self.builder.encode_prompt(question, sources, a, history) for a in ablations]
-        # The full prompt's pass (and KV cache) is shared by every pass of this attribution call.
-        if mode != "exact" and id(self) not in memo:
-            memo[id(self)] = self.engine.prefill(prompt, enc.ids, cost=cost)
-        full, ablated = self.engine.answer_logprobs(
-            prompt, variants, enc.ids, mode=mode, cost=cost, prefill=memo.get(id(self)), desc=desc
-        )
+            mode = "batched" if mode == MASKED else mode  # masked LOO cannot drop whole sources: keep passes
+            if keeps is not None:
+                variants = [self.builder.encode_prompt(question, sources, None, history, keep=k) for k in keeps]
+            else:
+                variants = [self.builder.encode_prompt(question, sources, a, history) for a in ablations]
+            # The full prompt's pass (and KV cache) is shared by every pass of this attribution call.
+            if mode != "exact" and id(self) not in memo:
+                memo[id(self)] = self.engine.prefill(prompt, enc.ids, cost=cost)
+            full, ablated = self.engine.answer_logprobs(
+                prompt, variants, enc.ids, mode=mode, cost=cost, prefill=memo.get(id(self)), desc=desc
+            )
         if not (torch.isfinite(full).all() and torch.isfinite(ablated).all()):
             raise NonFiniteScoreError(
                 f"{self.name} produced NaN or infinite log-probabilities for the answer ({desc}), so no score "
@@ -257,7 +271,7 @@ class _Scorer:
         seg_ends = torch.tensor([s.seg_end for s in answer_sentences])
         starts = torch.tensor([_first_visible(answer, a, b) for a, b in enc.offsets])
         owner = torch.clamp(torch.searchsorted(seg_ends, starts, right=True), max=len(answer_sentences) - 1)
-        per_sentence = torch.zeros(len(variants), len(answer_sentences)).index_add_(1, owner, drops)
+        per_sentence = torch.zeros(len(ablated), len(answer_sentences)).index_add_(1, owner, drops)
         tokens = torch.bincount(owner, minlength=len(answer_sentences)).tolist()
         return _Scores(total=drops.sum(dim=1), per_sentence=per_sentence, answer_tokens=tokens)
 
@@ -505,8 +519,9 @@ class Attributor:
         cost = costs.setdefault(self._cost_key(scorer), Cost())
         scores = scorer.score(question, history, srcs, answer, answer_sentences, ablations, strat.engine_mode, cost,
                               desc, memo)
+        label = approximate_label(scorer.name) if strat.engine_mode == MASKED else scorer.name
         return {
-            a: SpanScore(a[0], a[1], float(scores.total[i]), scores.per_sentence[i].tolist(), scorer.name)
+            a: SpanScore(a[0], a[1], float(scores.total[i]), scores.per_sentence[i].tolist(), label)
             for i, a in enumerate(ablations)
         }
 
