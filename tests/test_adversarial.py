@@ -293,7 +293,7 @@ def test_read_only_model_cache_is_usable(tmp_path, monkeypatch):
             raise PermissionError(errno.EROFS, "Read-only file system", str(path))
         return real_open(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(M.os, "open", read_only)
+    monkeypatch.setattr(os, "open", read_only)
     monkeypatch.setattr(Path, "mkdir", lambda self, *a, **k: (_ for _ in ()).throw(
         PermissionError(errno.EROFS, "Read-only file system", str(self))))
     before = _snapshot(home)

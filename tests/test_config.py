@@ -9,16 +9,16 @@ import torch
 
 @pytest.fixture
 def no_loading(monkeypatch):
-    import attribot_rag.models as M
+    from attribot_rag.models import loading
 
-    monkeypatch.setattr(M, "load_model", lambda *a, **k: pytest.fail("a config loaded a model"))
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("a config loaded a model"))
 
 
 @pytest.fixture
 def fake_loads(monkeypatch, tiny):
     """Named models load as (distinct LoadedModel wrappers of) the tiny model; forgotten afterwards."""
-    import attribot_rag.models as M
     from attribot_rag import LoadedModel, clear_model_cache
+    from attribot_rag.models import loading
 
     made = []
 
@@ -26,7 +26,7 @@ def fake_loads(monkeypatch, tiny):
         made.append(LoadedModel(name=str(name), model=tiny.model, tokenizer=tiny.tokenizer))
         return made[-1]
 
-    monkeypatch.setattr(M, "load_model", fake)
+    monkeypatch.setattr(loading, "load_model", fake)
     yield made
     clear_model_cache(*made)
 

@@ -46,7 +46,7 @@ def test_tokenizer_of_an_embedded_model_loads_no_weights(monkeypatch, tmp_path):
     """Only the tokenizer is needed for the random-weight models: the embedded model's weights are not loaded."""
     from attribot_rag import models
 
-    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("load_model was called"))
+    monkeypatch.setattr(models.loading, "load_model", lambda *a, **k: pytest.fail("load_model was called"))
     folder = tmp_path / "tok"
     tiny_tokenizer().save_pretrained(folder)
     monkeypatch.setattr(models, "pull", lambda name: tmp_path / "x.gguf")

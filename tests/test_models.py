@@ -6,6 +6,7 @@ import pytest
 
 from attribot_rag import REGISTRY, ModelError, load_model
 from attribot_rag import models as M
+from attribot_rag.models import loading, registry, sharing
 
 
 def test_registry_pins_versions_and_digests():
@@ -57,7 +58,7 @@ def test_verified_files_are_not_rehashed_until_they_change(tmp_path, monkeypatch
     digest = hashlib.sha256(b"weights").hexdigest()
     hashed = []
     real = M.sha256_file
-    monkeypatch.setattr(M, "sha256_file", lambda p: hashed.append(p) or real(p))
+    monkeypatch.setattr(registry, "sha256_file", lambda p: hashed.append(p) or real(p))
     M._verify(path, digest)
     M._verify(path, digest)
     assert len(hashed) == 2  # just written: its timestamp is too close to the verification to trust
@@ -110,7 +111,7 @@ def test_dtype_and_device_defaults(monkeypatch):
     import torch
 
     assert M.default_dtype("cuda") == torch.bfloat16
-    read = M.Path.read_text
+    read = loading.Path.read_text
     for flags, want in (("fpu avx2 avx512f", torch.float32), ("fpu avx512_bf16", torch.bfloat16),
                         ("fpu amx_bf16 amx_tile", torch.bfloat16), (None, torch.float32)):
         def fake(self, *a, _flags=flags, **k):
@@ -120,7 +121,7 @@ def test_dtype_and_device_defaults(monkeypatch):
                 raise OSError("no /proc here")
             return f"processor : 0\nflags : {_flags}\n"
 
-        monkeypatch.setattr(M.Path, "read_text", fake)
+        monkeypatch.setattr(loading.Path, "read_text", fake)
         assert M.default_dtype("cpu") == want, flags
     with pytest.raises(ModelError, match="unknown dtype"):
         M.resolve_dtype("int3")
@@ -129,17 +130,17 @@ def test_dtype_and_device_defaults(monkeypatch):
 _CONVERT = """
 import json, sys, time
 from pathlib import Path
-from attribot_rag import models as M
+from attribot_rag.models import registry
 
 def fake_convert(gguf, sha256, folder):  # stands in for the minute of GGUF dequantization
     time.sleep(1.0)
     (folder / "model.safetensors").write_bytes(b"weights")
-    digest = M.sha256_file(folder / "model.safetensors")
-    (folder / M.MANIFEST).write_text(json.dumps({"files": {"model.safetensors": digest}}))
+    digest = registry.sha256_file(folder / "model.safetensors")
+    (folder / registry.MANIFEST).write_text(json.dumps({"files": {"model.safetensors": digest}}))
     print("converted", flush=True)
 
-M._convert_into = fake_convert
-print(M.convert_gguf(Path(sys.argv[1]), "ab" * 32), flush=True)
+registry._convert_into = fake_convert
+print(registry.convert_gguf(Path(sys.argv[1]), "ab" * 32), flush=True)
 """
 
 
@@ -177,7 +178,7 @@ def test_failed_conversion_leaves_nothing_and_is_a_model_error(tmp_path, monkeyp
         (folder / "model.safetensors").write_bytes(b"half")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(M, "_convert_into", disk_full)
+    monkeypatch.setattr(registry, "_convert_into", disk_full)
     with pytest.raises(ModelError, match="No space left"):
         M.convert_gguf(gguf, "ab" * 32)
     assert list((tmp_path / "home" / "converted").iterdir()) == []
@@ -294,7 +295,7 @@ def test_shared_model_is_one_copy_per_model_device_and_dtype(monkeypatch, tiny):
         time.sleep(0.2)  # every thread arrives while the first load runs
         return LoadedModel(name=name, model=tiny.model, tokenizer=tiny.tokenizer)
 
-    monkeypatch.setattr(M, "load_model", fake_load)
+    monkeypatch.setattr(loading, "load_model", fake_load)
     clear_model_cache()
     try:
         got = []
@@ -343,9 +344,9 @@ def test_clear_during_a_load_does_not_cache_it_and_runs_the_hooks(monkeypatch, t
         release.wait(5)
         return LoadedModel(name=name, model=tiny.model, tokenizer=tiny.tokenizer)
 
-    monkeypatch.setattr(M, "load_model", slow_load)
+    monkeypatch.setattr(loading, "load_model", slow_load)
     hooked = []
-    monkeypatch.setattr(M, "_ON_CLEAR", [lambda: hooked.append(1)])
+    monkeypatch.setattr(sharing, "_ON_CLEAR", [lambda: hooked.append(1)])
     got = []
     t = threading.Thread(target=lambda: got.append(shared_model("slow", device="cpu", dtype="fp32")))
     t.start()
@@ -353,7 +354,7 @@ def test_clear_during_a_load_does_not_cache_it_and_runs_the_hooks(monkeypatch, t
     clear_model_cache()  # while the load runs
     release.set()
     t.join()
-    assert hooked == [1] and got and not any(k[1] == "slow" for k in M._SHARED)
+    assert hooked == [1] and got and not any(k[1] == "slow" for k in sharing._SHARED)
     clear_model_cache()
 
 
@@ -375,3 +376,31 @@ def test_attributor_locked_holds_every_model_lock(tiny):
         assert acquired == [False]
         assert model_lock(loaded).acquire(timeout=1)
         model_lock(loaded).release()
+
+
+def test_the_models_package_reexports_its_parts_and_patches_reach_them(monkeypatch, tiny):
+    """attribot_rag.models is registry + loading + sharing: every name is re-exported, and a patch set on the
+    package (as the integrations' tests do) reaches the submodule whose code uses it."""
+    from attribot_rag import LoadedModel, clear_model_cache, shared_model
+
+    for name in M.__all__:
+        assert any(vars(sub).get(name, sub) is getattr(M, name) for sub in (registry, loading, sharing)), name
+    assert M.load_model is loading.load_model and M.shared_model is sharing.shared_model
+    assert M.pull is registry.pull and M.REGISTRY is registry.REGISTRY
+    real = loading.load_model
+    calls = []
+
+    def fake(name, *, device=None, dtype=None):
+        calls.append(name)
+        return LoadedModel(name=str(name), model=tiny.model, tokenizer=tiny.tokenizer)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(M, "load_model", fake)
+        assert loading.load_model is fake
+        clear_model_cache()
+        try:
+            assert shared_model("patched-on-the-package", device="cpu", dtype="fp32").name == "patched-on-the-package"
+        finally:
+            clear_model_cache()
+        assert calls == ["patched-on-the-package"]
+    assert loading.load_model is real and M.load_model is real  # the undo reached the submodule too
