@@ -203,6 +203,13 @@ def _support_score(rule: DecisionRule, support: ContextSupport, j: int | None) -
     return float(max(lift, max(alone)))
 
 
+def score_shares(scores: list[float]) -> list[float]:
+    """Each score's share of the positive total (a negative score counts as 0; all 0 when none is positive):
+    :meth:`~attribot_rag.result.AttributionResult.source_shares` and each :class:`SourceVerdict`'s ``share``."""
+    total = sum(max(s, 0.0) for s in scores)
+    return [max(s, 0.0) / total if total > 0 else 0.0 for s in scores]
+
+
 def _excess(rule: DecisionRule, values: list[float]) -> list[float]:
     """Sufficiency as the rule reads it: as measured, or above the median source's."""
     if rule.sufficiency_over == "none" or not values:
@@ -212,8 +219,6 @@ def _excess(rule: DecisionRule, values: list[float]) -> list[float]:
 
 
 def _decide(rule: DecisionRule, result: AttributionResult) -> Decisions:
-    from .result import _shares
-
     noise = result.noise
     support = result.support
     n_ans = len(result.answer_sentences)
@@ -236,7 +241,7 @@ def _decide(rule: DecisionRule, result: AttributionResult) -> Decisions:
     sentence_ok = [v.supported is not False for v in verdicts]
 
     # Used: leave-one-out or sufficiency evidence, only for a supported answer.
-    shares = _shares([d.score for d in result.document_scores])
+    shares = score_shares([d.score for d in result.document_scores])
     suff = support.document_sufficiency if support is not None else [None] * len(result.sources)
     excess = _excess(rule, suff) if support is not None else suff
     best_suff = max((x for x in excess if x is not None), default=0.0)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .decisions import DEFAULT_RULE, UNSET, DecisionRule, Decisions
+from .decisions import DEFAULT_RULE, UNSET, DecisionRule, Decisions, score_shares
 from .errors import ConfigError, is_count
 from .noise import Noise
 from .spans import Sentence, Source
@@ -173,11 +173,6 @@ def _supports(scores: list[float], ratio: float = 0.25) -> list[int]:
     return [j for j, s in enumerate(scores) if s > 0 and s >= ratio * top]
 
 
-def _shares(scores: list[float]) -> list[float]:
-    total = sum(max(s, 0.0) for s in scores)
-    return [max(s, 0.0) / total if total > 0 else 0.0 for s in scores]
-
-
 @dataclass
 class AttributionResult:
     """What attribution found for one answer.
@@ -219,7 +214,7 @@ class AttributionResult:
         if top_k is not None and not is_count(top_k):
             raise ConfigError(f"top_k={top_k!r}: pass a count >= 0, or None for every citation")
         flat = [s for per_doc in self.sentence_scores for s in per_doc]
-        shares = dict(zip(map(id, flat), _shares([s.score for s in flat])))
+        shares = dict(zip(map(id, flat), score_shares([s.score for s in flat])))
         ranked = sorted(
             (s for s in flat if s.scored and s.score > min_score),
             key=lambda s: (-s.score, s.source_index, s.sentence_index),
@@ -258,7 +253,7 @@ class AttributionResult:
 
     def source_shares(self) -> list[float]:
         """Each source's share of the total positive document score."""
-        return _shares([d.score for d in self.document_scores])
+        return score_shares([d.score for d in self.document_scores])
 
     def used_mask(self, min_score: float = UNSET, min_share: float | None = UNSET, *,
                   rule: DecisionRule | None = None) -> list[bool]:

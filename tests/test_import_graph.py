@@ -20,15 +20,7 @@ PACKAGE = ROOT / "attribot_rag"
 
 # Known back edges (importer, imported), each with its way out: without them the graph must have no circle, and
 # the test fails once one is gone (so its entry is removed here).
-KNOWN_BACK_EDGES = {
-    # decisions._decide imports result._shares (a function-level import); result imports decisions at module
-    # level. Way out: _shares moves into decisions (result imports it from there). decisions.py is being
-    # reworked under issue #20 and was left alone here.
-    ("attribot_rag.decisions", "attribot_rag.result"),
-    # attribot_rag.batch's module __getattr__ re-exports add_batch_parser / run_batch_command from cli, lazily,
-    # for callers of the pre-split batch.py; cli imports batch. Way out: drop the re-export.
-    ("attribot_rag.batch", "attribot_rag.cli"),
-}
+KNOWN_BACK_EDGES: set[tuple[str, str]] = set()
 
 
 def _module_name(path: Path) -> str:

@@ -27,12 +27,11 @@ The package's modules:
 - :mod:`~attribot_rag.batch.job`: the job folder protocol and :func:`run_batch`;
 - :mod:`~attribot_rag.batch.engines`: the local and Ray engines.
 
-The ``attribot-rag batch`` command line lives in :mod:`attribot_rag.cli`.
+The ``attribot-rag batch`` command line (``add_batch_parser``, ``run_batch_command``) lives in
+:mod:`attribot_rag.cli`.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 # besides __all__, the constants and the helpers tests use stay importable from here, as before the split
 from .engines import ENGINES  # noqa: F401
@@ -50,19 +49,7 @@ from .io import (  # noqa: F401
 from .job import JOB_FILE, JOB_VERSION, LOCK_FILE, SUMMARY_FILE, BatchSummary, _Lock, run_batch  # noqa: F401
 from .records import REQUIRED_FIELDS, RecordAttributor, _check_record  # noqa: F401
 
-_CLI_NAMES = ("add_batch_parser", "run_batch_command")
-
-
-def __getattr__(name: str) -> Any:
-    """``add_batch_parser`` and ``run_batch_command`` moved to :mod:`attribot_rag.cli`; still importable from here."""
-    if name in _CLI_NAMES:
-        from .. import cli
-
-        return getattr(cli, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
-    "BatchSummary", "RecordAttributor", "Shard", "add_batch_parser", "plan_shards", "read_output",
-    "read_shard", "run_batch", "run_batch_command", "write_shard",
+    "BatchSummary", "RecordAttributor", "Shard", "plan_shards", "read_output",
+    "read_shard", "run_batch", "write_shard",
 ]
