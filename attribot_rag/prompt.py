@@ -67,7 +67,8 @@ class PromptTemplate:
     """How a question and its sources become the user turn.
 
     ``document`` is formatted per kept source with ``index`` (1-based position, stable under
-    ablation so other sources keep their labels), ``title`` (" Title" or "") and ``text``.
+    ablation so other sources keep their labels), ``title`` (" Title" or "") and ``text`` (the
+    source's :attr:`~attribot_rag.spans.Source.prefix`, never cited, then its stripped text).
     ``chat`` chooses the tokenizer's chat template: ``None`` = use it when the tokenizer has
     one, else the ``plain`` template (for base models).
     """
@@ -90,22 +91,23 @@ class PromptTemplate:
             if text is None:
                 continue
             title = f" {src.title}" if src.title else ""
-            docs.append(self.document.format(index=i + 1, title=title, text=text.strip()))
+            docs.append(self.document.format(index=i + 1, title=title, text=src.rendered(text)))
         return self.user.format(instruction=self.instruction, documents="\n\n".join(docs), question=question)
 
     def user_layout(self, question: str, sources: Sequence[Source]) -> tuple[str, dict[int, tuple[int, int, int]]]:
         """:meth:`user_turn` with every source kept, and where each source landed in it.
 
         Returns ``(text, where)``: ``where[i] = (block_start, block_end, text_start)``, character
-        offsets into ``text`` of source ``i``'s whole rendered block (header + text) and of its
-        stripped text. Raises :class:`ConfigError` when the templates do not hold ``{documents}``
-        and each document's ``{text}`` exactly once (the spans cannot be located then).
+        offsets into ``text`` of source ``i``'s whole rendered block (header, prefix and text) and
+        of its stripped text (after its ``prefix``). Raises :class:`ConfigError` when the templates
+        do not hold ``{documents}`` and each document's ``{text}`` exactly once (the spans cannot be
+        located then).
         """
         docs, where, pos = [], {}, 0
         for i, src in enumerate(sources):
             title = f" {src.title}" if src.title else ""
-            block = self.document.format(index=i + 1, title=title, text=src.text.strip())
-            head = _offset_of(self.document, "text", index=i + 1, title=title)
+            block = self.document.format(index=i + 1, title=title, text=src.rendered())
+            head = _offset_of(self.document, "text", index=i + 1, title=title) + len(src.prefix)
             if docs:
                 pos += 2  # the "\n\n" that joins document blocks
             where[i] = (pos, pos + len(block), pos + head)

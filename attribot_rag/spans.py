@@ -59,12 +59,24 @@ class Source:
 
     ``sentences`` is filled by :func:`split_source` (or given pre-split via
     :meth:`from_sentences`); when it is empty the attributor splits a copy (this object is not changed).
+
+    ``prefix`` is text the prompt shows right before the source's text but that is not part of
+    it: a metadata header (LlamaIndex's ``"title: ...\n\n"``), a label such as ``"Source 2:\n"``.
+    It is rendered verbatim as the start of the document's ``{text}`` (so the scorer sees the
+    document as the generator did), leaves with the source when the whole source is ablated, and is
+    never split into sentences, ablated on its own or cited. Sentence offsets index ``text`` only.
     """
 
     id: str
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
     sentences: list[Sentence] = field(default_factory=list)
+    prefix: str = ""
+
+    def rendered(self, text: str | None = None) -> str:
+        """What the prompt shows for this source: ``prefix`` + the stripped ``text`` (default: the
+        source's own text; a sentence ablation passes the text without that sentence)."""
+        return self.prefix + (self.text if text is None else text).strip()
 
     @classmethod
     def from_sentences(
@@ -351,6 +363,8 @@ def as_sources(items: Iterable[SourceLike], *, allow_empty_text: bool = False) -
                 f"source {i} is a {type(item).__name__}; pass a Source, a str, or a dict with 'text'"
             )
         check_text(src.text, f"source {src.id!r}: its text")
+        if src.prefix:  # rendered into the prompt
+            check_text(src.prefix, f"source {src.id!r}: its prefix")
         if isinstance(src.metadata.get("title"), str):  # rendered into the prompt
             check_text(src.metadata["title"], f"source {src.id!r}: its title")
         out.append(src)
