@@ -1,10 +1,11 @@
 """Render question + sources into token ids, with and without an ablated span.
 
-The prompt is one user turn (the model's chat template, or a plain template for base models);
-the answer is the assistant turn. Prompt and answer are tokenized separately and concatenated,
-so the answer's token ids are identical under every ablation and log-probs line up position
-for position. An ablation re-renders the prompt without the span's *text* (LOO's definition),
-never a masked token.
+The prompt is one user turn (the model's chat template, or a plain template for base models),
+or a whole chat of messages with the documents in one of them (``PromptTemplate(messages=...)``,
+e.g. a framework's chat prompt); the answer is the assistant turn. Prompt and answer are
+tokenized separately and concatenated, so the answer's token ids are identical under every
+ablation and log-probs line up position for position. An ablation re-renders the prompt without
+the span's *text* (LOO's definition), never a masked token.
 
 :meth:`PromptBuilder.encode_layout` also says where each span's tokens sit in the full prompt
 (for masked LOO, which hides a span from attention instead of re-rendering the prompt).
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import ConfigError, EmptyAnswerError, InputError, ProxyEncodingError
 from .spans import Source
@@ -26,6 +27,7 @@ Ablation = tuple[int, int | None]
 # Earlier conversation turns, oldest first: ((role, content), ...) with role "user" or "assistant".
 History = tuple[tuple[str, str], ...]
 _ROLES = ("user", "assistant")
+_MESSAGE_ROLES = ("system", "user", "assistant")
 
 
 def as_history(history) -> History:
@@ -71,6 +73,16 @@ class PromptTemplate:
     source's :attr:`~attribot_rag.spans.Source.prefix`, never cited, then its stripped text).
     ``chat`` chooses the tokenizer's chat template: ``None`` = use it when the tokenizer has
     one, else the ``plain`` template (for base models).
+
+    ``messages`` renders a whole chat instead of ``system`` + history + the ``user`` turn (for a
+    pipeline whose prompt puts the documents in, say, the system message): ``(role, text)`` pairs
+    with roles ``"system"``, ``"user"``, ``"assistant"``, and at most one ``("history", "")`` that
+    marks where the earlier turns go (without it they go after the leading system messages).
+    Each text is formatted like ``user`` (``{documents}``, ``{question}``, ``{instruction}``;
+    literal braces doubled); exactly one holds ``{documents}``, once, and that message plays the
+    ``user`` turn's part: its documents are the ones ablated. Every message's text is content
+    (encoded as plain text, like the documents); only the chat template's own markup is not.
+    With the plain template the messages are rendered with ``plain_turn`` in place of ``{user}``.
     """
 
     # Documents first, then the instruction and question: small models given the instruction
@@ -83,6 +95,38 @@ class PromptTemplate:
     plain_turn: str = "{role}: {content}\n\n"  # a history message in the plain template
     system: str | None = None
     chat: bool | None = None
+    messages: tuple[tuple[str, str], ...] | None = None
+    _slot: int | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.messages is None:
+            return
+        msgs = _check_messages(self.messages)
+        if self.system is not None:
+            raise ConfigError("PromptTemplate(messages=..., system=...): put the system text in a "
+                              "('system', text) message instead")
+        slots = []
+        for i, (role, text) in enumerate(msgs):
+            if role == "history":
+                continue
+            try:
+                rendered = text.format(documents=_FIELD, question="", instruction="")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ConfigError(f"PromptTemplate messages[{i}] {text[:60]!r} does not format with "
+                                  f"{{documents}}, {{question}} and {{instruction}} ({exc!r}): double literal "
+                                  "braces ({{ }})") from exc
+            slots += [i] * rendered.count(_FIELD)
+        if len(slots) != 1:
+            raise ConfigError(f"PromptTemplate messages hold {{documents}} {len(slots)} times: put it in exactly "
+                              "one message, once (the documents' place, where sources are ablated)")
+        object.__setattr__(self, "messages", msgs)
+        object.__setattr__(self, "_slot", slots[0])
+
+    @property
+    def documents_turn(self) -> str:
+        """The template of the turn that holds the documents: ``user``, or the ``messages`` text holding
+        ``{documents}``."""
+        return self.user if self._slot is None else self.messages[self._slot][1]
 
     def user_turn(self, question: str, sources: Sequence[Source], texts: Sequence[str | None]) -> str:
         """The user message; ``texts[i] is None`` leaves source ``i`` out entirely."""
@@ -92,7 +136,8 @@ class PromptTemplate:
                 continue
             title = f" {src.title}" if src.title else ""
             docs.append(self.document.format(index=i + 1, title=title, text=src.rendered(text)))
-        return self.user.format(instruction=self.instruction, documents="\n\n".join(docs), question=question)
+        return self.documents_turn.format(instruction=self.instruction, documents="\n\n".join(docs),
+                                          question=question)
 
     def user_layout(self, question: str, sources: Sequence[Source]) -> tuple[str, dict[int, tuple[int, int, int]]]:
         """:meth:`user_turn` with every source kept, and where each source landed in it.
@@ -113,14 +158,36 @@ class PromptTemplate:
             where[i] = (pos, pos + len(block), pos + head)
             docs.append(block)
             pos += len(block)
-        text = self.user.format(instruction=self.instruction, documents="\n\n".join(docs), question=question)
-        shift = _offset_of(self.user, "documents", instruction=self.instruction, question=question)
+        turn = self.documents_turn
+        text = turn.format(instruction=self.instruction, documents="\n\n".join(docs), question=question)
+        shift = _offset_of(turn, "documents", instruction=self.instruction, question=question)
         if text != self.user_turn(question, sources, [s.text for s in sources]):  # pragma: no cover - a guard
             raise ConfigError("the prompt template renders documents in a way the span layout cannot follow")
         return text, {i: (a + shift, b + shift, t + shift) for i, (a, b, t) in where.items()}
 
 
 _FIELD = "\x00ATTRIBOT_FIELD\x00"
+
+
+def _check_messages(messages) -> tuple[tuple[str, str], ...]:
+    """``PromptTemplate.messages`` as a tuple of ``(role, text)`` pairs (hashable), roles checked."""
+    if isinstance(messages, (str, bytes, dict)):
+        raise ConfigError("PromptTemplate(messages=...) takes (role, text) pairs, e.g. "
+                          "[('system', 'Use these documents:\\n\\n{documents}'), ('user', '{question}')]")
+    out = []
+    for i, msg in enumerate(messages):
+        if not (isinstance(msg, (tuple, list)) and len(msg) == 2 and all(isinstance(x, str) for x in msg)):
+            raise ConfigError(f"PromptTemplate messages[{i}] is {msg!r}: pass a (role, text) pair of str")
+        role, text = msg
+        if role not in (*_MESSAGE_ROLES, "history"):
+            raise ConfigError(f"PromptTemplate messages[{i}] has role {role!r}: use 'system', 'user', "
+                              "'assistant', or ('history', '') for where the earlier turns go")
+        if role == "history" and text:
+            raise ConfigError(f"PromptTemplate messages[{i}]: the history marker is ('history', ''), with no text")
+        out.append((role, text))
+    if sum(r == "history" for r, _ in out) > 1:
+        raise ConfigError("PromptTemplate messages hold more than one ('history', '') marker")
+    return tuple(out)
 
 
 def _offset_of(template: str, name: str, **values) -> int:
@@ -172,9 +239,10 @@ class PromptBuilder:
             getattr(tokenizer, "all_special_tokens", []) or []), key=len, reverse=True)
         markers = [m for m in markers if len(m) > 1]
         self._markers = re.compile("|".join(map(re.escape, markers))) if markers else None
-        # The frame depends only on the history: render the chat template once per history, not
-        # once per ablated prompt (a dict write is atomic, so concurrent callers are safe).
-        self._frames: dict[History, tuple[list[tuple[str, bool]], str]] = {}
+        # The frame depends only on the history (and, with ``template.messages``, the question): render
+        # the chat template once per history, not once per ablated prompt (a dict write is atomic, so
+        # concurrent callers are safe).
+        self._frames: dict[tuple, tuple[list[tuple[str, bool]], list[tuple[str, bool]]]] = {}
 
     def _user(self, question: str, sources: Sequence[Source], ablation: Ablation | None,
               keep: Collection[int] | None = None) -> str:
@@ -184,53 +252,92 @@ class PromptBuilder:
             texts[doc] = None if sent is None else sources[doc].without(sources[doc].sentences[sent])
         return self.template.user_turn(question, sources, texts)
 
-    def _frame(self, history: History = ()) -> tuple[list[tuple[str, bool]], str]:
-        frame = self._frames.get(history)
+    def _frame(self, history: History = (), question: str = "") -> tuple[list[tuple[str, bool]],
+                                                                          list[tuple[str, bool]]]:
+        key = (history, question if self.template.messages is not None else None)
+        frame = self._frames.get(key)
         if frame is None:
             if len(self._frames) > 64:  # conversations grow: keep the cache bounded
                 self._frames.clear()
-            frame = self._frames[history] = self._render_frame(history)
+            frame = self._frames[key] = self._render_frame(history, question)
         return frame
 
-    def _render_frame(self, history: History) -> tuple[list[tuple[str, bool]], str]:
-        """The text before and after the user turn's content (chat template or plain).
+    def _turns(self, history: History, question: str) -> list[tuple[str, str | None, bool]]:
+        """The messages around the documents' turn: ``(role, content, is_content)``; content ``None``
+        is the documents' turn itself (rendered per ablation, not part of the frame)."""
+        t = self.template
+        hist = [(r, c, True) for r, c in history]
+        if t.messages is None:
+            system = [] if t.system is None else [("system", t.system, False)]  # legacy: markup, not content
+            return [*system, *hist, ("user", None, True)]
+        at = next((i for i, (r, _) in enumerate(t.messages) if r == "history"), None)
+        if at is None and hist:  # no marker: after the leading system messages
+            at = next((i for i, (r, _) in enumerate(t.messages) if r != "system"), len(t.messages))
+        out: list[tuple[str, str | None, bool]] = []
+        for i, (role, text) in enumerate(t.messages):
+            if i == at:
+                out += hist
+            if role == "history":
+                continue
+            if i == t._slot:
+                out.append((role, None, True))
+            else:
+                out.append((role, text.format(question=question, instruction=t.instruction), True))
+        if at == len(t.messages):
+            out += hist
+        return out
 
-        "Before" comes as ``(text, is_content)`` pieces: history messages are content (encoded
-        as plain text like the documents), the template's own text is not.
+    def _render_frame(self, history: History, question: str = "") -> tuple[list[tuple[str, bool]],
+                                                                             list[tuple[str, bool]]]:
+        """The text before and after the documents' turn (chat template or plain), as ``(text, is_content)``
+        pieces: messages' text is content (encoded as plain text like the documents), the template's
+        own text is not.
         """
+        turns = self._turns(history, question)
+        marks = [_SENTINEL if c is None else f"\x00ATTRIBOT_MESSAGE_{i}\x00" for i, (_, c, _) in enumerate(turns)]
+        legacy = self.template.messages is None
         if not self.use_chat:
             before, _, after = self.template.plain.partition("{user}")
-            turns = "".join(self.template.plain_turn.format(role=r.capitalize(), content=c) for r, c in history)
-            return [(turns, True), (before, False)], after
-        marks = [f"\x00ATTRIBOT_HISTORY_{i}\x00" for i in range(len(history))]
-        messages = [{"role": r, "content": m} for (r, _), m in zip(history, marks)]
-        messages.append({"role": "user", "content": _SENTINEL})
-        if self.template.system is not None:
-            messages.insert(0, {"role": "system", "content": self.template.system})
-        try:
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except Exception as exc:  # a template's own raise_exception (e.g. "roles must alternate") is a TemplateError
-            roles = "/".join(m["role"] for m in messages)
-            raise ConfigError(
-                f"the model's chat template rejected the messages ({roles}): {exc}. Pass a history that "
-                "alternates user/assistant and ends with an assistant turn, or a PromptTemplate with chat=False"
-            ) from exc
-        before, found, after = text.partition(_SENTINEL)
-        if not found:
+            if legacy:
+                chat = "".join(self.template.plain_turn.format(role=r.capitalize(), content=c) for r, c in history)
+                return [(chat, True), (before, False)], [(after, False)]
+            body = "".join(self.template.plain_turn.format(role=r.capitalize(), content=m)
+                           for (r, _, _), m in zip(turns, marks))
+            text = before + body.rstrip() + after  # the last turn's separator gives way to the template's
+        else:
+            messages = [{"role": r, "content": m if is_content else c} for (r, c, is_content), m in zip(turns, marks)]
+            try:
+                text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            except Exception as exc:  # a template's raise_exception (e.g. "roles must alternate") is a TemplateError
+                roles = "/".join(m["role"] for m in messages)
+                raise ConfigError(
+                    f"the model's chat template rejected the messages ({roles}): {exc}. Pass a history that "
+                    "alternates user/assistant and ends with an assistant turn, or a PromptTemplate with chat=False"
+                ) from exc
+        if _SENTINEL not in text:
             raise ConfigError("the chat template dropped the user message; pass a PromptTemplate with chat=False")
-        pieces: list[tuple[str, bool]] = []
-        for mark, (_, content) in zip(marks, history):
-            head, found, before = before.partition(mark)
+        before_pieces: list[tuple[str, bool]] = []
+        after_pieces: list[tuple[str, bool]] = []
+        pieces, rest = before_pieces, text
+        for mark, (_, content, is_content) in zip(marks, turns):
+            if not is_content:
+                continue
+            head, found, rest = rest.partition(mark)
             if not found:
-                raise ConfigError("the chat template dropped a history message; pass a PromptTemplate with chat=False")
-            pieces += [(head, False), (content, True)]
-        return pieces + [(before, False)], after
+                raise ConfigError("the chat template dropped a message; pass a PromptTemplate with chat=False")
+            pieces.append((head, False))
+            if content is None:
+                pieces = after_pieces
+            else:
+                pieces.append((content, True))
+        pieces.append((rest, False))
+        return before_pieces, after_pieces
 
     def prompt_text(self, question: str, sources: Sequence[Source], ablation: Ablation | None = None,
                     history: History = ()) -> str:
         """The full prompt text (up to where the answer starts) with ``ablation`` applied."""
-        before, after = self._frame(history)
-        return "".join(t for t, _ in before) + self._user(question, sources, ablation) + after
+        before, after = self._frame(history, question)
+        return "".join(t for t, _ in before) + self._user(question, sources, ablation) + "".join(t for t, _ in after)
 
     def encode_prompt(self, question: str, sources: Sequence[Source], ablation: Ablation | None = None,
                       history: History = (), keep: Collection[int] | None = None) -> list[int]:
@@ -241,16 +348,21 @@ class PromptBuilder:
         question) with special-token strings split into plain text, so a document that contains
         ``<|im_end|>`` cannot close the turn or inject a role.
         """
-        before, after = self._frame(history)
-        tok = self.tokenizer
+        before, after = self._frame(history, question)
         # Chat templates write their own BOS; the plain template gets the tokenizer's (if any).
-        ids = [] if self.use_chat else list(tok("", add_special_tokens=True)["input_ids"])
-        for text, is_content in before:
+        ids = [] if self.use_chat else list(self.tokenizer("", add_special_tokens=True)["input_ids"])
+        ids += self._encode_pieces(before)
+        ids += self._encode_plain(self._user(question, sources, ablation, keep))
+        ids += self._encode_pieces(after)
+        return ids
+
+    def _encode_pieces(self, pieces: Sequence[tuple[str, bool]]) -> list[int]:
+        """Frame pieces' ids: content as plain text, the template's own text with its special tokens."""
+        ids: list[int] = []
+        for text, is_content in pieces:
             if text:
-                ids += self._encode_plain(text) if is_content else tok(text, add_special_tokens=False)["input_ids"]
-        user = self._user(question, sources, ablation, keep)
-        ids += self._encode_plain(user)
-        ids += tok(after, add_special_tokens=False)["input_ids"] if after else []
+                ids += self._encode_plain(text) if is_content else self.tokenizer(
+                    text, add_special_tokens=False)["input_ids"]
         return ids
 
     def encode_layout(self, question: str, sources: Sequence[Source], history: History = ()) -> PromptLayout:
@@ -263,12 +375,10 @@ class PromptBuilder:
         is the tokens so given to it, which are contiguous. A token whose visible text starts in
         one span and runs into the next belongs to the first only.
         """
-        before, after = self._frame(history)
+        before, after = self._frame(history, question)
         tok = self.tokenizer
         ids = [] if self.use_chat else list(tok("", add_special_tokens=True)["input_ids"])
-        for text, is_content in before:
-            if text:
-                ids += self._encode_plain(text) if is_content else tok(text, add_special_tokens=False)["input_ids"]
+        ids += self._encode_pieces(before)
         user, where = self.template.user_layout(question, sources)
         if user != self._user(question, sources, None):  # pragma: no cover - a guard
             raise ConfigError("the span layout does not match the rendered prompt")
@@ -279,7 +389,7 @@ class PromptBuilder:
             user_ids += enc["input_ids"]
             anchors += [_first_visible(user, a + start, b + start) for a, b in enc["offset_mapping"]]
         ids += user_ids
-        ids += tok(after, add_special_tokens=False)["input_ids"] if after else []
+        ids += self._encode_pieces(after)
 
         def token_range(a: int, b: int) -> tuple[int, int]:
             inside = [i for i, x in enumerate(anchors) if a <= x < b]
