@@ -1,4 +1,4 @@
-"""The attributor: strategies (exact, hierarchical, proxy, pruning) over the likelihood engine.
+"""The attributor: strategies (exact, hierarchical, proxy, pruning, masked, rescoring) over the likelihood engine.
 
 Data flows one way: sources -> sentences -> prompt token ids (:mod:`.prompt`) -> per-token
 log-probs under each ablation (:mod:`.engine`) -> span scores (here) -> citations
@@ -46,6 +46,21 @@ from .spans import DEFAULT_MAX_SENTENCE_TOKENS, Sentence, Source, SourceLike, as
 
 logger = logging.getLogger("attribot_rag")
 
+FULL, KEPT = "full", "kept"  # Strategy.sentence_context
+SENTENCE_CONTEXTS = (FULL, KEPT)
+WITHIN_KEPT = "LOO within kept documents"
+
+
+def within_kept_label(model_name: str) -> str:
+    """``SpanScore.scored_by`` of a sentence scored by LOO inside the kept documents only
+    (``Strategy(sentence_context="kept")``): the model and the context it was scored in."""
+    return f"{model_name} ({WITHIN_KEPT})"
+
+
+def is_within_kept(scored_by: str) -> bool:
+    """Whether a ``scored_by`` label marks a score computed in the pruned (kept-documents) context."""
+    return scored_by.endswith(f"({WITHIN_KEPT})")
+
 
 @dataclass(frozen=True)
 class Strategy:
@@ -58,11 +73,27 @@ class Strategy:
         keep_share: hierarchical: keep the fewest top documents holding this share of the
             positive document score (``None`` = no share rule). Both ``None`` keeps all.
         proxy: score with the proxy model instead of the target.
-        prune_top_k: proxy pruning: the proxy ranks sentences and the target rescores only the
-            best ``prune_top_k`` (implies ``proxy``).
+        prune_top_k: cheap first, exact last: a first stage ranks sentences and the target rescores
+            the best ``prune_top_k`` with exact LOO. The first stage is the proxy (``prune_top_k``
+            implies ``proxy``), or, with ``engine_mode="masked"`` and ``proxy=False``, masked LOO on
+            the target. Rescored sentences say ``scored_by=TARGET``. After a proxy the other sentences
+            are not scored (the proxy's scale is not the target's); after masked LOO they keep their
+            approximate score and label.
+        rescore_documents: the same for documents: the target rescores the first stage's best
+            ``rescore_documents`` documents with exact LOO, before the hierarchy picks the documents
+            whose sentences it scores; the others keep their first-stage score and label.
         engine_mode: ``"batched"``, ``"serial"`` (one cached ablation at a time) or ``"exact"``, which
             compute exact LOO; or ``"masked"``: masked LOO (:mod:`.masked`), a fast approximation
             whose spans say ``scored_by="MODEL (masked LOO, approximate)"``, never exact.
+        sentence_context: hierarchical: the prompt the sentence pass ablates. ``"full"`` (default):
+            every source, so sentence scores are LOO in the full context. ``"kept"`` (pruned-context
+            hierarchy, the AttriBoT reference's variant): only the documents the document pass
+            kept (numbered as in the full prompt, as under any ablation), with the base likelihood
+            recomputed on that prompt, reusing the full prompt's cache up to the first document left
+            out; each sentence ablation then
+            recomputes only the kept documents' tail. Sentence scores are LOO *within the kept
+            documents* and say ``scored_by="MODEL (LOO within kept documents)"``; document scores and
+            the context-support passes stay full-context. When every document is kept the two agree.
     """
 
     level: str = "hierarchical"
@@ -72,11 +103,13 @@ class Strategy:
     prune_top_k: int | None = None
     engine_mode: str = "batched"
     name: str = "custom"
+    sentence_context: str = "full"
+    rescore_documents: int | None = None
 
     def __post_init__(self) -> None:
         if self.level not in ("sentence", "hierarchical", "document"):
             raise ConfigError(f"unknown level {self.level!r}: use 'sentence', 'hierarchical' or 'document'")
-        for key in ("keep_top_k", "prune_top_k"):
+        for key in ("keep_top_k", "prune_top_k", "rescore_documents"):
             k = getattr(self, key)
             if k is not None and not is_count(k, 1):
                 raise ConfigError(f"{key} must be an int >= 1 (or None), got {k!r}")
@@ -88,13 +121,30 @@ class Strategy:
         if self.engine_mode not in (*ENGINE_MODES, MASKED):
             raise ConfigError(f"unknown engine_mode {self.engine_mode!r}: use one of "
                               f"{', '.join((*ENGINE_MODES, MASKED))}")
-        if self.engine_mode == MASKED and self.prune_top_k is not None:
-            raise ConfigError("engine_mode='masked' with prune_top_k is not supported yet: the rescoring pass "
-                              "must be exact (issue #17); use one or the other")
+        if self.rescore_documents is not None and self.level == "sentence":
+            raise ConfigError("rescore_documents rescores the document pass, and level='sentence' runs none: use "
+                              "level='hierarchical' or 'document' with it")
+        if self.sentence_context not in SENTENCE_CONTEXTS:
+            raise ConfigError(f"unknown sentence_context {self.sentence_context!r}: use "
+                              f"{' or '.join(map(repr, SENTENCE_CONTEXTS))}")
+        if self.sentence_context == KEPT and self.level != "hierarchical":
+            raise ConfigError("sentence_context='kept' scores sentences inside the documents the document pass "
+                              "kept: use it with level='hierarchical'")
+        if self.sentence_context == KEPT and self.engine_mode == MASKED:
+            raise ConfigError("sentence_context='kept' with engine_mode='masked' is refused: masked LOO re-runs "
+                              "only the answer, so a pruned context saves it nothing; use one or the other")
 
     @property
     def uses_proxy(self) -> bool:
-        return self.proxy or self.prune_top_k is not None
+        """Whether the proxy scores: ``proxy=True``, or rescoring (``prune_top_k``, ``rescore_documents``)
+        whose first stage is not masked LOO on the target."""
+        rescores = self.prune_top_k is not None or self.rescore_documents is not None
+        return self.proxy or (rescores and self.engine_mode != MASKED)
+
+    @property
+    def rescore_mode(self) -> str:
+        """The engine mode of the target's rescoring passes: always exact LOO (masked LOO is not)."""
+        return "batched" if self.engine_mode == MASKED else self.engine_mode
 
 
 PRESETS: dict[str, Strategy] = {
@@ -108,6 +158,12 @@ PRESETS: dict[str, Strategy] = {
     "proxy-prune": Strategy(level="hierarchical", keep_top_k=3, prune_top_k=8, name="proxy-prune"),
     # approximate (masked LOO): every document and every sentence, each re-running only the answer
     "masked": Strategy(level="hierarchical", keep_top_k=None, engine_mode=MASKED, name="masked"),
+    # sentence LOO within the top-3 documents only (documents: full-context LOO)
+    "hierarchical-pruned": Strategy(level="hierarchical", keep_top_k=3, sentence_context=KEPT,
+                                    name="hierarchical-pruned"),
+    # masked LOO over every document and sentence, then exact target LOO of the best 8 sentences
+    "masked-rescore": Strategy(level="hierarchical", keep_top_k=None, engine_mode=MASKED, prune_top_k=8,
+                               name="masked-rescore"),
 }
 
 
@@ -228,10 +284,17 @@ class _Scorer:
     def score(
         self, question: str, history: History, sources, answer: str, answer_sentences: list[Sentence],
         ablations: Sequence[Ablation], mode: str, cost: Cost, desc: str, memo: dict,
-        keeps: Sequence[Collection[int]] | None = None,
+        keeps: Sequence[Collection[int]] | None = None, context: Collection[int] | None = None,
     ) -> _Scores:
         """Drops of the answer's log-likelihood under each ablation (or, with ``keeps``, under each
-        prompt holding only those sources: ``keeps=[()]`` is the prompt with no documents)."""
+        prompt holding only those sources: ``keeps=[()]`` is the prompt with no documents).
+
+        ``context`` (source indices): ablate inside the prompt holding only those sources, against
+        that prompt's own likelihood (the pruned-context hierarchy); ``None``: the full prompt.
+        """
+        if context is not None:
+            return self._score_within(question, history, sources, answer, answer_sentences, ablations, mode, cost,
+                                      desc, memo, tuple(sorted(context)))
         # The full prompt and the answer are the same for every pass of one call: encode them once.
         prompt = memo.get(("prompt", id(self)))
         if prompt is None:
@@ -260,6 +323,40 @@ class _Scorer:
             full, ablated = self.engine.answer_logprobs(
                 prompt, variants, enc.ids, mode=mode, cost=cost, prefill=memo.get(id(self)), desc=desc
             )
+        return self._drops(full, ablated, answer, answer_sentences, enc, desc)
+
+    def _score_within(self, question, history, sources, answer, answer_sentences, ablations, mode, cost, desc,
+                      memo, context: tuple[int, ...]) -> _Scores:
+        """:meth:`score` in the prompt holding only the ``context`` sources (exact LOO, always).
+
+        Its base pass reuses the full prompt's KV cache up to the first source left out, and is
+        kept in ``memo`` for the call's other passes in that context (first stage, then rescoring).
+        """
+        if mode == MASKED:  # Strategy refuses it; a guard for direct callers
+            raise ConfigError("masked LOO cannot score inside a pruned context: use an exact engine mode")
+        if any(a[0] not in context for a in ablations):
+            raise InputError("an ablation names a source outside the pruned context it is scored in")
+        enc = memo.get(("answer", id(self)))
+        if enc is None:
+            enc = memo[("answer", id(self))] = self.builder.encode_answer(answer, strict=self.strict)
+        key = ("kept prompt", id(self), context)
+        prompt = memo.get(key)
+        if prompt is None:
+            prompt = memo[key] = self.builder.encode_prompt(question, sources, None, history, keep=context)
+        variants = [self.builder.encode_prompt(question, sources, a, history, keep=context) for a in ablations]
+        prefill = None
+        if mode != "exact":
+            prefill = memo.get(("kept prefill", id(self), context))
+            if prefill is None:
+                prefill = memo[("kept prefill", id(self), context)] = self.engine.prefill(
+                    prompt, enc.ids, cost=cost, reuse=memo.get(id(self)))
+        full, ablated = self.engine.answer_logprobs(prompt, variants, enc.ids, mode=mode, cost=cost, prefill=prefill,
+                                                    desc=desc)
+        return self._drops(full, ablated, answer, answer_sentences, enc, desc)
+
+    def _drops(self, full: torch.Tensor, ablated: torch.Tensor, answer: str, answer_sentences: list[Sentence],
+               enc, desc: str) -> _Scores:
+        """Per-ablation drops ``full - ablated``, summed over the answer and per answer sentence."""
         if not (torch.isfinite(full).all() and torch.isfinite(ablated).all()):
             raise NonFiniteScoreError(
                 f"{self.name} produced NaN or infinite log-probabilities for the answer ({desc}), so no score "
@@ -481,6 +578,7 @@ class Attributor:
             "generation_seconds": gen_seconds,
             "models": {name: c.to_dict() for name, c in costs.items()},
             "context_support": memo["support_cost"].to_dict(),
+            "passes": {desc: c.to_dict() for desc, c in memo.get("passes", {}).items()},
             "proxy_tokenizer": self.tokenizer_path if strat.uses_proxy else None,
         }
         return AttributionResult(
@@ -512,14 +610,30 @@ class Attributor:
         return fit_sources(scorers, question, history, srcs, answer, max_new_tokens, policy, memo)
 
     def _pass(self, scorer: _Scorer, strat: Strategy, question, history, srcs, answer, answer_sentences,
-              ablations: list[Ablation], costs: dict[str, Cost], memo: dict, desc: str) -> dict[Ablation, SpanScore]:
-        """Score ``ablations`` with one model; returns a SpanScore per ablation."""
+              ablations: list[Ablation], costs: dict[str, Cost], memo: dict, desc: str, *, mode: str | None = None,
+              context: Collection[int] | None = None) -> dict[Ablation, SpanScore]:
+        """Score ``ablations`` with one model; returns a SpanScore per ablation.
+
+        ``mode``: the engine mode (default the strategy's); ``context``: score inside the prompt
+        holding only those sources (the pruned-context hierarchy). The pass's own work is added
+        to ``memo["passes"][desc]`` (``timing["passes"]``).
+        """
         if not ablations:
             return {}
+        mode = strat.engine_mode if mode is None else mode
         cost = costs.setdefault(self._cost_key(scorer), Cost())
-        scores = scorer.score(question, history, srcs, answer, answer_sentences, ablations, strat.engine_mode, cost,
-                              desc, memo)
-        label = approximate_label(scorer.name) if strat.engine_mode == MASKED else scorer.name
+        before = Cost(cost.forward_passes, cost.forward_tokens, cost.seconds)
+        scores = scorer.score(question, history, srcs, answer, answer_sentences, ablations, mode, cost,
+                              desc, memo, context=context)
+        spent = memo.setdefault("passes", {}).setdefault(desc, Cost())
+        for field_name, value in vars(cost - before).items():
+            setattr(spent, field_name, getattr(spent, field_name) + value)
+        if mode == MASKED:
+            label = approximate_label(scorer.name)
+        elif context is not None:
+            label = within_kept_label(scorer.name)
+        else:
+            label = scorer.name
         return {
             a: SpanScore(a[0], a[1], float(scores.total[i]), scores.per_sentence[i].tolist(), label)
             for i, a in enumerate(ablations)
@@ -561,21 +675,36 @@ class Attributor:
         doc_scores: dict[Ablation, SpanScore] = {}
         if strat.level in ("hierarchical", "document"):
             doc_scores = self._pass(first, *args, [(d, None) for d in range(len(srcs))], costs, memo, "documents")
+        if strat.rescore_documents is not None and doc_scores:
+            # Cheap first, exact last: the target's exact LOO replaces the first stage's best documents'
+            # scores; the others keep the first stage's, and their scored_by says which stage that was.
+            shortlist = sorted(doc_scores, key=lambda a: -doc_scores[a].score)[: strat.rescore_documents]
+            doc_scores.update(self._pass(self.target, *args, sorted(shortlist), costs, memo, "rescoring documents",
+                                         mode=strat.rescore_mode))
+        context: set[int] | None = None
         if strat.level == "document":
             chosen: list[Ablation] = []
         elif strat.level == "hierarchical":
             keep = _keep_documents([doc_scores[(d, None)].score for d in range(len(srcs))], strat)
             chosen = [(d, k) for d, k in all_sents if d in keep]
+            if strat.sentence_context == KEPT and len(keep) < len(srcs):  # all kept: the full context itself
+                context = keep
         else:
             chosen = all_sents
-        sent_scores = self._pass(first, *args, chosen, costs, memo, "sentences")
+        sent_scores = self._pass(first, *args, chosen, costs, memo, "sentences", context=context)
 
         if strat.prune_top_k is not None:
             shortlist = sorted(sent_scores, key=lambda a: -sent_scores[a].score)[: strat.prune_top_k]
-            rescored = self._pass(self.target, *args, sorted(shortlist), costs, memo, "rescoring")
-            # Sentences report only the target's scores (the proxy's scale is not the target's); document
-            # scores stay the proxy's, and their scored_by says so.
-            sent_scores = rescored
+            rescored = self._pass(self.target, *args, sorted(shortlist), costs, memo, "rescoring",
+                                  mode=strat.rescore_mode, context=context)
+            if first is self.target:
+                # A masked first stage: the same model's nats, approximate. The others keep that score and its
+                # label; the shortlist reports the exact scores (scored_by = the target).
+                sent_scores = {**sent_scores, **rescored}
+            else:
+                # After a proxy, sentences report only the target's scores (the proxy's scale is not the
+                # target's); document scores stay the proxy's, and their scored_by says so.
+                sent_scores = rescored
 
         def span(a: Ablation, table: dict[Ablation, SpanScore]) -> SpanScore:
             return table.get(a) or SpanScore(a[0], a[1], 0.0, [0.0] * n_ans, NOT_SCORED)

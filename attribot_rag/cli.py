@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     cite.add_argument("--proxy", default=None, help="optional smaller proxy model")
     cite.add_argument("--strategy", default="auto",
                       help="auto, exact, serial, batched, hierarchical, documents, proxy, proxy-hierarchical, "
-                           "proxy-prune")
+                           "proxy-prune; approximate: masked, hierarchical-pruned, masked-rescore")
     cite.add_argument("--top-k", type=int, default=5, help="citations to print (default 5)")
     cite.add_argument("--max-new-tokens", type=int, default=96, help="length cap when generating the answer")
     cite.add_argument("--overflow", default="error",

@@ -228,16 +228,26 @@ class LikelihoodEngine:
                 + self._run_halving(batch[mid:], cache, full, answer, cost))
 
     @torch.inference_mode()
-    def prefill(self, prompt: Sequence[int], answer: Sequence[int], *, cost: Cost | None = None) -> Prefill:
-        """Run the full prompt + answer once; the result can be passed to :meth:`answer_logprobs`."""
+    def prefill(self, prompt: Sequence[int], answer: Sequence[int], *, cost: Cost | None = None,
+                reuse: Prefill | None = None) -> Prefill:
+        """Run the full prompt + answer once; the result can be passed to :meth:`answer_logprobs`.
+
+        ``reuse``: another sequence's prefill (e.g. the full prompt's, when this prompt leaves some
+        sources out): the positions this sequence shares with it are taken from its KV cache (left
+        unchanged), and only the rest is run.
+        """
         from transformers import DynamicCache
 
         _check_nonempty(prompt, answer)
+        cost = cost if cost is not None else Cost()
         full = list(prompt) + list(answer)
         n = len(answer)
-        cache = DynamicCache(config=self.model.config)
-        out = self._forward(torch.tensor([full]), cost if cost is not None else Cost(), cache=cache,
-                            logits_to_keep=n + 1)
+        p = 0 if reuse is None else min(common_prefix_len(reuse.ids, full), len(prompt) - 1)
+        if p > 0:
+            cache = self._prefix_cache(reuse.cache, list(reuse.ids), p, 1, cost)
+        else:
+            cache = DynamicCache(config=self.model.config)
+        out = self._forward(torch.tensor([full[p:]]), cost, cache=cache, logits_to_keep=n + 1)
         return Prefill(tuple(full), n, self._gather(out.logits[0, :n], answer), cache)
 
     # ------------------------------------------------------------------ masked LOO (approximate)

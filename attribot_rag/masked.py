@@ -11,7 +11,10 @@ It is not LOO: the context tokens after a span keep what they read from it, so a
 content the rest of the prompt already absorbed (a later sentence that restates it, the
 question's own attention) scores less than under LOO. Every score it writes says so: its spans'
 ``scored_by`` is ``"MODEL (masked LOO, approximate)"`` and the preset is named ``"masked"``.
-Use it to rank or shortlist, and rescore what matters with an exact strategy.
+Use it to rank or shortlist, and rescore what matters exactly: the ``"masked-rescore"`` preset
+(``Strategy(engine_mode="masked", prune_top_k=k)``, and ``rescore_documents=k`` for documents)
+rescores the masked pass's best spans with the target's exact LOO (``scored_by="MODEL"``); the
+others keep their masked score and label.
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ Methods (``--methods``, comma-separated keys; default all that apply):
 * ``hier-top3`` / ``hier-top2`` / ``hier-share80``: hierarchical (documents, then sentences of
   the kept documents) with the top-k and share keep rules,
 * ``proxy``, ``proxy-hier-top3``, ``proxy-prune`` (needs ``--proxy``),
+* ``masked`` (masked LOO, approximate), ``hier-pruned-top3`` (sentences scored within the kept
+  documents only), ``masked-rescore`` (masked LOO, then exact target LOO of the best 8 sentences),
 * ``contextcite-16`` / ``-32`` / ``-64``: the ``context-cite`` package on the target,
 * ``attention``, ``embedding`` (all-MiniLM-L6-v2), ``random``.
 
@@ -100,6 +102,12 @@ def all_methods(has_proxy: bool, contextcite_budgets: Sequence[int]) -> list[Met
                needs_proxy=True),
         Method("proxy-prune", "proxy prune (top-3 docs, 8 sents) + target rescoring", "strategy",
                PRESETS["proxy-prune"], needs_proxy=True),
+        # issue #17: approximate first stages and their compositions (labelled as such in every result)
+        Method("masked", "masked LOO, all docs and sents (approximate)", "strategy", PRESETS["masked"]),
+        Method("hier-pruned-top3", "hierarchical, top-3 docs, sentences within them (pruned context)", "strategy",
+               PRESETS["hierarchical-pruned"]),
+        Method("masked-rescore", "masked LOO + exact target rescoring of 8 sents", "strategy",
+               PRESETS["masked-rescore"]),
     ]
     methods += [Method(f"contextcite-{k}", f"ContextCite, {k} ablations", "contextcite", ablations=k)
                 for k in sorted(contextcite_budgets)]

@@ -281,8 +281,9 @@ def test_masked_engine_mode_composes_with_levels(tiny, sources, level):
     assert result.support is not None and result.support.scored_by == "tiny"  # the support passes stay exact
 
 
-def test_masked_with_rescoring_is_refused_until_rescoring_is_exact():
-    with pytest.raises(ConfigError, match="masked"):
-        Strategy(level="hierarchical", prune_top_k=4, engine_mode="masked")
+def test_masked_with_rescoring_rescores_exactly_on_the_target():
+    # the rescoring pass is exact (tests/test_rescore.py); masked LOO on the target is the first stage
+    strat = Strategy(level="hierarchical", prune_top_k=4, engine_mode="masked")
+    assert not strat.uses_proxy and strat.rescore_mode == "batched"
     with pytest.raises(ConfigError, match="unknown engine_mode"):
         Strategy(engine_mode="maskd")
