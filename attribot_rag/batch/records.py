@@ -46,7 +46,6 @@ def _check_record(raw: Any) -> tuple[str, str, list, str]:
 
 def _result_row(index: int, rid: str, result, top_k: int | None) -> dict:
     verdicts = result.decisions()  # the one decision layer: "supported" and "used" as everywhere else
-    used, shares = verdicts.used, result.source_shares()
     models = result.timing.get("models", {}).values()
     return {
         "index": index, "id": rid, "question": result.question, "answer": result.answer, "strategy": result.strategy,
@@ -56,10 +55,8 @@ def _result_row(index: int, rid: str, result, top_k: int | None) -> dict:
              "score": c.score, "share": c.share, "answer_sentences": c.answer_sentences}
             for c in result.citations(top_k=top_k)
         ],
-        "sources": [
-            {"id": s.id, "score": d.score, "share": sh, "used": u}
-            for s, d, sh, u in zip(result.sources, result.document_scores, shares, used)
-        ],
+        "sources": [{"id": r.id, "score": r.score, "share": r.share, "used": r.used}
+                    for r in result.source_rows(decisions=verdicts)],
         "dropped_sources": [s.id for s in result.dropped_sources],
         "error": None,
         "timing": {"seconds": result.timing.get("total_seconds", 0.0),
