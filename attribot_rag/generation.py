@@ -57,8 +57,9 @@ def _generate_kwargs(loaded: LoadedModel, prompt_ids: Sequence[int], max_new_tok
 
     input_ids = torch.tensor([list(prompt_ids)], device=loaded.device)
     tok = loaded.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id  # id 0 is a real pad token
     return dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
-                do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id)
+                do_sample=False, pad_token_id=pad)
 
 
 def generate(loaded: LoadedModel, prompt_ids: Sequence[int], max_new_tokens: int = 128, *,

@@ -22,6 +22,18 @@ def test_generate_is_greedy_and_matches_transformers(tiny):
     assert out.text == tiny.tokenizer.decode(out.token_ids, skip_special_tokens=True).strip()
 
 
+@pytest.mark.parametrize(("pad", "eos", "want"), [(0, 2, 0), (None, 2, 2), (5, 2, 5), (None, None, None)])
+def test_the_pad_token_falls_back_to_eos_only_when_there_is_none(tiny, pad, eos, want):
+    """A pad id of 0 is a pad id (not "missing"): only a tokenizer without one pads with its EOS."""
+    from types import SimpleNamespace
+
+    from attribot_rag.generation import _generate_kwargs
+    from attribot_rag.models import LoadedModel
+
+    loaded = LoadedModel(name="t", model=tiny.model, tokenizer=SimpleNamespace(pad_token_id=pad, eos_token_id=eos))
+    assert _generate_kwargs(loaded, [1, 2, 3], 4)["pad_token_id"] == want
+
+
 def test_stream_yields_what_generate_returns(tiny):
     from attribot_rag.generation import generate, stream
 
