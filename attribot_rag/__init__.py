@@ -27,7 +27,7 @@ from .prompt import PromptBuilder, PromptTemplate
 from .result import AttributionResult, Citation, SourceRow, SpanScore
 from .spans import Sentence, Source, split_source, split_text
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AttribotError", "AttributionResult", "Attributor", "AttributorConfig", "BatchError", "Citation", "ConfigError",
