@@ -6,6 +6,8 @@
   their callbacks, by run id.
 * :class:`AttribotDocumentFilter`: after generation, keep only the documents the answer used.
 * :class:`ChatAttribot`: a local chat model over the embedded models, for offline chains.
+* :class:`ChainPrompt` / :func:`create_cited_rag_chain`: score under the chain's own
+  ``ChatPromptTemplate`` (the prompt the answer was written under), not a fixed template.
 
 The answer may come from any model, including one behind an API: a local model (by default
 attribot-rag's embedded SmolLM2-135M) scores the answer text. This package holds no
@@ -20,11 +22,12 @@ from .chat_models import ChatAttribot
 from .citations import AttribotCitations
 from .errors import ChainInputError, CitationsNotReadyError, DocumentIdError
 from .filters import AttribotDocumentFilter
+from .prompts import ChainPrompt, create_cited_rag_chain
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EVENT_NAME", "SCORE_KEY", "SHARE_KEY", "AttribotCallbackHandler", "AttribotCitations", "AttribotDocumentFilter",
-    "ChainInputError", "ChatAttribot", "CitationsNotReadyError", "CiteOptions", "Cited", "DocumentIdError",
-    "ScorerSettings", "clear_cache", "shared_attributor", "shared_model",
+    "ChainInputError", "ChainPrompt", "ChatAttribot", "CitationsNotReadyError", "CiteOptions", "Cited",
+    "DocumentIdError", "ScorerSettings", "clear_cache", "create_cited_rag_chain", "shared_attributor", "shared_model",
 ]

@@ -18,7 +18,15 @@ from attribot_rag.decisions import DEFAULT_RULE, UNSET, DecisionRule, Decisions
 from attribot_rag.errors import is_count, is_finite_number
 from attribot_rag.result import jsonable
 from langchain_core.documents import Document
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, message_chunk_to_message
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    ToolMessage,
+    convert_to_messages,
+    convert_to_openai_messages,
+    message_chunk_to_message,
+)
 
 from .errors import ChainInputError, DocumentIdError
 
@@ -26,7 +34,9 @@ QUESTION_KEYS = ("question", "input", "query")
 DOCUMENTS_KEYS = ("context", "documents", "docs", "source_documents")
 ANSWER_KEYS = ("answer", "output", "result", "response")
 HISTORY_KEYS = ("chat_history", "history")
-_HISTORY_ROLES = {"human": "user", "ai": "assistant", "user": "user", "assistant": "assistant"}
+MESSAGES_KEYS = ("messages",)  # a conversation's message list (an agent's state): its tools' documents are citable
+_TURN_ROLES = ("user", "assistant")
+_SKIPPED_ROLES = ("system", "developer", "tool", "function")  # instructions and tool traffic, not turns
 
 SCORE_KEY = "attribot_score"  # added to the metadata of the documents in ``used_context``
 SHARE_KEY = "attribot_share"
@@ -170,10 +180,13 @@ def answer_text(answer: Any, key: str = "answer") -> str:
 
 
 def history_messages(value: Any, key: str = "chat_history") -> list[dict[str, str]]:
-    """Earlier turns as ``{"role", "content"}`` dicts: human/AI messages (or such dicts / pairs).
+    """Earlier turns as ``{"role", "content"}`` dicts (OpenAI roles ``user``/``assistant``).
 
-    System and tool messages are left out (they are instructions and tool traffic, not turns of
-    the conversation the answer continues); a message without text is left out too.
+    Anything ``langchain_core.messages.convert_to_messages`` takes (messages, ``(role, text)``
+    pairs, ``{"role", "content"}`` dicts, strings) is converted by langchain-core's own
+    ``convert_to_openai_messages`` (text blocks joined). System, developer, tool and function
+    messages are left out (instructions and tool traffic, not turns of the conversation the answer
+    continues); so is a message without text (an AI message holding only tool calls).
     """
     if value is None:
         return []
@@ -181,20 +194,76 @@ def history_messages(value: Any, key: str = "chat_history") -> list[dict[str, st
         raise ChainInputError(f"{key!r} is a {type(value).__name__}; chat history must be a list of messages")
     out = []
     for i, m in enumerate(value):
-        if isinstance(m, BaseMessage):
-            role, content = m.type, m.text
-        elif isinstance(m, Mapping):
-            role, content = m.get("role"), m.get("content")
-        elif isinstance(m, (tuple, list)) and len(m) == 2:
-            role, content = m
-        else:
-            raise ChainInputError(f"{key!r}[{i}] is a {type(m).__name__}; expected a message, a dict or a pair")
-        if role in ("system", "tool", "function"):
+        try:
+            (message,) = convert_to_messages([m])
+            (converted,) = convert_to_openai_messages([message], text_format="string")
+        except (ValueError, TypeError, NotImplementedError) as exc:
+            raise ChainInputError(f"{key!r}[{i}] is not a chat message ({exc}): pass messages, "
+                                  "{'role', 'content'} dicts or (role, text) pairs") from exc
+        role, content = converted.get("role"), converted.get("content")
+        if role in _SKIPPED_ROLES:
             continue
-        if role not in _HISTORY_ROLES:
+        if role not in _TURN_ROLES:
             raise ChainInputError(f"{key!r}[{i}] has role {role!r}: use human/ai (user/assistant) messages")
         if isinstance(content, str) and content.strip():
-            out.append({"role": _HISTORY_ROLES[role], "content": content})
+            out.append({"role": role, "content": content})
+    return out
+
+
+def tool_documents(values: Any, keys: Sequence[str] = ()) -> list[Document]:
+    """The ``Document``\\ s tools returned: the ``artifact`` of every ``ToolMessage`` in the chain's message
+    lists (under ``keys``, ``messages``, ``chat_history`` or ``history``), in message order.
+
+    A tool built with ``response_format="content_and_artifact"`` returns its text for the model and
+    its documents as the artifact; those documents are citable like retrieved ones. An artifact
+    that is not a ``Document`` (or a list of them) is not a source and is skipped.
+    """
+    if not isinstance(values, Mapping):
+        return []
+    out: list[Document] = []
+    for key in dict.fromkeys([*keys, *MESSAGES_KEYS, *HISTORY_KEYS]):
+        messages = values.get(key)
+        if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
+            continue
+        for m in messages:
+            if not isinstance(m, ToolMessage):
+                continue
+            artifact = m.artifact
+            items = [artifact] if isinstance(artifact, Document) else artifact if isinstance(
+                artifact, (list, tuple)) else []
+            out += [d for d in items if isinstance(d, Document)]
+    return out
+
+
+def conversation(values: Any) -> tuple[str, BaseMessage, list[dict[str, str]]] | None:
+    """An agent's state: ``values["messages"]`` ending in a text answer -> ``(question, answer, history)``:
+    the last human message before the last AI message with text, that AI message, and the turns
+    before the question (``None``: no such list, or no such pair in it)."""
+    messages = values.get("messages") if isinstance(values, Mapping) else None
+    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
+        return None
+    messages = list(messages)
+    ai = next((i for i in range(len(messages) - 1, -1, -1) if isinstance(messages[i], AIMessage)
+               and messages[i].text.strip()), None)
+    if ai is None:
+        return None
+    human = next((i for i in range(ai - 1, -1, -1) if isinstance(messages[i], BaseMessage)
+                  and messages[i].type == "human"), None)
+    if human is None:
+        return None
+    return question_text(messages[human], "messages"), messages[ai], history_messages(messages[:human], "messages")
+
+
+def merge_documents(retrieved: Sequence[Document], found: Sequence[Document]) -> list[Document]:
+    """``retrieved`` then the documents in ``found`` not already among them (same id, or the same
+    content when there is no id): a document both retrieved and returned by a tool is one source."""
+    out = list(retrieved)
+    seen = {d.id if d.id is not None else ("", d.page_content) for d in out}
+    for d in found:
+        key = d.id if d.id is not None else ("", d.page_content)
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
     return out
 
 

@@ -9,6 +9,8 @@ already run (and been paid for).
 from __future__ import annotations
 
 import dataclasses
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +62,11 @@ class ScorerSettings:
     attributor_kwargs: dict[str, Any] = field(default_factory=dict)
 
     config: AttributorConfig | None = field(init=False, default=None, repr=False, compare=False)
+    # attributors for per-call templates (a chain prompt with per-call variables): a few, not one per call
+    _recent: OrderedDict = field(init=False, default_factory=OrderedDict, repr=False, compare=False)
+    _lock: threading.Lock = field(init=False, default_factory=threading.Lock, repr=False, compare=False)
+
+    RECENT_TEMPLATES = 8
 
     def __post_init__(self) -> None:
         if self.attributor is not None:
@@ -83,15 +90,37 @@ class ScorerSettings:
                 raise ConfigError(f"attributor_kwargs[{name!r}] = {value!r} is unhashable: pass a plain "
                                   "number, string or tuple") from exc
 
-    def resolve(self) -> Attributor:
+    def resolve(self, template: PromptTemplate | None = None, *, shared: bool = True) -> Attributor:
         """The attributor: given, or shared across every component with equal settings
         (:func:`attribot_rag.shared_attributor` of :attr:`config`).
 
-        The first call loads the model (seconds); call it from a worker thread in async code.
+        ``template`` replaces the settings' template (the chain's own prompt, see
+        :class:`~langchain_attribot.ChainPrompt`); ``shared=False`` keeps the attributor for it in
+        this component's small cache of recent templates, not the process-wide one (for templates
+        that change from call to call). The models are shared either way. The first call loads the
+        model (seconds); call it from a worker thread in async code.
         """
         if self.attributor is not None:
+            if template is not None and template != self.attributor.template:
+                raise ConfigError("a prompt to score under cannot change a given attributor's template: pass "
+                                  "model=... instead of attributor=..., or no prompt")
             return self.attributor
-        return shared_attributor(self.config)
+        if template is None:
+            return shared_attributor(self.config)
+        config = self.config.replace(template=template)
+        if shared:
+            return shared_attributor(config)
+        with self._lock:
+            hit = self._recent.get(config)
+            if hit is not None:
+                self._recent.move_to_end(config)
+                return hit
+        built = config.build(share_models=True)
+        with self._lock:
+            built = self._recent.setdefault(config, built)
+            while len(self._recent) > self.RECENT_TEMPLATES:
+                self._recent.popitem(last=False)
+        return built
 
     def describe(self) -> str:
         """A short label for reprs."""

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, ClassVar
 
-from attribot_rag import DEFAULT_MODEL, Attributor, PromptTemplate
+from attribot_rag import DEFAULT_MODEL, Attributor, ConfigError, PromptTemplate
 from attribot_rag.decisions import UNSET, DecisionRule
+from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import run_in_executor
 from langchain_core.runnables.utils import AddableDict
@@ -22,12 +23,16 @@ from ._convert import (
     check_documents,
     check_history_messages,
     cite,
+    conversation,
+    merge_documents,
     pick_key,
     question_text,
+    tool_documents,
 )
 from ._models import ModelLike
 from ._settings import ScorerSettings
 from .errors import ChainInputError
+from .prompts import ChainPrompt, as_chain_prompt
 
 
 class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
@@ -91,6 +96,9 @@ class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
         model, proxy, strategy, device, dtype, template, attributor, attributor_kwargs: the
             scoring model (see :class:`~langchain_attribot._settings.ScorerSettings`); ``dtype``
             may be a ``torch.dtype`` or a name such as ``"fp32"``/``"bf16"``.
+        prompt: the chain's ``ChatPromptTemplate`` (or a ``ChainPrompt``) to score under (see
+            above); ``template`` then only gives its other settings (``chat``, ``plain``). Not with
+            ``attributor=``.
         top_k: keep the best ``top_k`` citations (``None``: every citation the rule keeps).
         min_score: an extra cut-off on top of the rule: keep citations scoring above this many nats.
         rule: the :class:`~attribot_rag.decisions.DecisionRule` behind every verdict (``None``:
@@ -127,6 +135,7 @@ class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
         template: PromptTemplate | None = None,
         attributor: Attributor | None = None,
         attributor_kwargs: dict[str, Any] | None = None,
+        prompt: ChatPromptTemplate | ChainPrompt | None = None,
         top_k: int | None = 5,
         min_score: float = 0.0,
         used_min_score: float = UNSET,
@@ -147,6 +156,10 @@ class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
         self.scorer = ScorerSettings(model, proxy, strategy, device, dtype, template, attributor,
                                      dict(attributor_kwargs or {}))
         self.options = CiteOptions(top_k, min_score, used_min_score, used_min_share, id_key, rule)
+        self.prompt = as_chain_prompt(prompt)
+        if self.prompt is not None and attributor is not None:
+            raise ConfigError("prompt= and attributor= together: a given attributor keeps its own template; "
+                              "pass model=... (and template= for its other settings) to score under the prompt")
         self.question_key = question_key
         self.documents_key = documents_key
         self.answer_key = answer_key
@@ -177,14 +190,40 @@ class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
                 f"the citation step takes the chain's dict (question, documents, answer), got a "
                 f"{type(values).__name__}: build the dict with RunnableParallel / RunnablePassthrough.assign"
             )
-        qk = pick_key(values, self.question_key, QUESTION_KEYS, "question")
-        dk = pick_key(values, self.documents_key, DOCUMENTS_KEYS, "documents (retrieved Documents)")
-        ak = pick_key(values, self.answer_key, ANSWER_KEYS, "answer")
-        question = question_text(values[qk], qk)
-        documents = check_documents(values[dk], dk)
-        history = chain_history(values, self.history_key, self.history_messages)
+        agent = None
+        if self.question_key is None and not any(k in values for k in QUESTION_KEYS):
+            agent = conversation(values)  # an agent's state: {"messages": [...]}
+        if agent is not None:
+            question, answer, history = agent
+            if self.answer_key is not None or any(k in values for k in ANSWER_KEYS):
+                answer = values[pick_key(values, self.answer_key, ANSWER_KEYS, "answer")]
+        else:
+            qk = pick_key(values, self.question_key, QUESTION_KEYS, "question")
+            question = question_text(values[qk], qk)
+            answer = values[pick_key(values, self.answer_key, ANSWER_KEYS, "answer")]
+            history = self._history(values)
+        found = tool_documents(values, [k for k in (self.history_key,) if k])
+        if found and self.documents_key is None and not any(k in values for k in DOCUMENTS_KEYS):
+            documents = found
+        else:
+            dk = pick_key(values, self.documents_key, DOCUMENTS_KEYS, "documents (retrieved Documents)")
+            documents = merge_documents(check_documents(values[dk], dk), found)
         options = options if options is not None else self.options
-        return cite(self.attributor, question, documents, values[ak], options, history)
+        if self.prompt is None:
+            attributor = self.attributor
+        else:
+            template = self.prompt.template(values, self.scorer.template)
+            attributor = self.scorer.resolve(template, shared=not self.prompt.extra_variables)
+        return cite(attributor, question, documents, answer, options, history)
+
+    def _history(self, values: Mapping[str, Any]) -> list[dict[str, str]]:
+        """The history to score: under a chain prompt, what its history placeholder shows (none: none)."""
+        if self.prompt is None:
+            return chain_history(values, self.history_key, self.history_messages)
+        if self.prompt.history_variable is None:
+            return []
+        key = self.history_key or self.prompt.history_variable
+        return chain_history(values, key, self.history_messages) if key in values else []
 
     def _options(self, kwargs: Mapping[str, Any]) -> CiteOptions:
         return call_options(self.options, kwargs, self._CALL_OPTIONS, type(self).__name__)

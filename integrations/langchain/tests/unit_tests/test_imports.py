@@ -12,6 +12,7 @@ EXPECTED_ALL = [
     "AttribotCitations",
     "AttribotDocumentFilter",
     "ChainInputError",
+    "ChainPrompt",
     "ChatAttribot",
     "CitationsNotReadyError",
     "CiteOptions",
@@ -19,6 +20,7 @@ EXPECTED_ALL = [
     "DocumentIdError",
     "ScorerSettings",
     "clear_cache",
+    "create_cited_rag_chain",
     "shared_attributor",
     "shared_model",
 ]
