@@ -12,33 +12,41 @@ from llama_index.postprocessor.attribot import (
     RETRIEVAL_SCORE_KEY,
     AttribotNodePostprocessor,
     AttributedChatEngine,
+    AttributedChatResponse,
 )
 
 ENGINES = {"context": ContextChatEngine, "condense_plus_context": CondensePlusContextChatEngine}
 
 
-def _chat_engine(kind, attributor, retriever, llm, **pp):
+def _chat_engine(kind, attributor, retriever, llm, rerank=False, **pp):
     inner = ENGINES[kind].from_defaults(retriever=retriever, llm=llm)
-    return AttributedChatEngine(inner, AttribotNodePostprocessor(attributor=attributor, **pp))
+    return AttributedChatEngine(inner, AttribotNodePostprocessor(attributor=attributor, **pp), rerank=rerank)
 
 
-def _check(response, nodes, answer):
+def _check(response, nodes, answer, rerank=False):
     assert str(response) == answer
     meta = response.metadata[METADATA_KEY]
     assert meta["answer"] == answer and meta["citations"]
-    scores = [n.score for n in response.source_nodes]
-    assert scores == sorted(scores, reverse=True) and len(scores) == len(nodes)
     retrieval = {n.node.node_id: n.score for n in nodes}
-    assert all(n.node.metadata[RETRIEVAL_SCORE_KEY] == retrieval[n.node.node_id] for n in response.source_nodes)
+    if rerank:
+        scores = [n.score for n in response.source_nodes]
+        assert scores == sorted(scores, reverse=True) and len(scores) == len(nodes)
+        assert all(n.node.metadata[RETRIEVAL_SCORE_KEY] == retrieval[n.node.node_id] for n in response.source_nodes)
+    else:  # the retriever's order and scores
+        assert [(n.node.node_id, n.score) for n in response.source_nodes] == [(n.node.node_id, n.score) for n in nodes]
+    used = [e["node_id"] for e in meta["nodes"] if e["used"]]
+    assert used and [n.node.node_id for n in response.cited_nodes] == used
+    assert all(n.score == retrieval[n.node.node_id] for n in response.cited_nodes)
     return meta
 
 
+@pytest.mark.parametrize("rerank", [False, True])
 @pytest.mark.parametrize("kind", list(ENGINES))
-def test_chat_citations(kind, attributor, retriever, llm, nodes, question, answer, loo_rule):
-    engine = _chat_engine(kind, attributor, retriever, llm, rule=loo_rule)
+def test_chat_citations(kind, attributor, retriever, llm, nodes, question, answer, loo_rule, rerank):
+    engine = _chat_engine(kind, attributor, retriever, llm, rerank=rerank, rule=loo_rule)
     response = engine.chat(question)
-    assert isinstance(response, AgentChatResponse)
-    meta = _check(response, nodes, answer)
+    assert isinstance(response, AttributedChatResponse) and isinstance(response, AgentChatResponse)
+    meta = _check(response, nodes, answer, rerank)
     assert meta["question"] == question  # first turn: nothing to condense
     assert [m.content for m in engine.chat_history] == [question, answer]
     engine.reset()  # a second turn would be condensed into another question
@@ -98,7 +106,7 @@ def test_chat_without_nodes_returns_the_turn_unattributed(attributor, make_retri
 
 @pytest.mark.parametrize("kind", list(ENGINES))
 def test_second_turn_is_scored_in_its_conversation(kind, attributor, retriever, llm, nodes, question, answer):
-    engine = _chat_engine(kind, attributor, retriever, llm)
+    engine = _chat_engine(kind, attributor, retriever, llm, rerank=True)
     engine.chat(question)
     follow_up = engine.chat("And when?")
     meta = follow_up.metadata[METADATA_KEY]
@@ -110,7 +118,7 @@ def test_second_turn_is_scored_in_its_conversation(kind, attributor, retriever, 
     assert got == [(n.node.node_id, n.score) for n in with_history.nodes]
     assert got != [(n.node.node_id, n.score) for n in without.nodes]
     # history_messages=0: the turn is scored alone
-    alone = AttributedChatEngine(engine.chat_engine, pp, history_messages=0)
+    alone = AttributedChatEngine(engine.chat_engine, pp, history_messages=0, rerank=True)
     engine.reset()
     alone.chat(question)
     second = alone.chat("And when?")

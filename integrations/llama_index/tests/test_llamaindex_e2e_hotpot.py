@@ -69,7 +69,8 @@ def test_top_reranked_node_is_a_gold_document(pipeline):
         docs = [Document(text="".join(s), metadata={"title": t}) for t, s in zip(titles, sentences)]
         index = VectorStoreIndex.from_documents(docs, embed_model=embed)
         engine = AttributedQueryEngine(
-            query_engine=index.as_query_engine(llm=llm, similarity_top_k=TOP_K), postprocessor=postprocessor
+            query_engine=index.as_query_engine(llm=llm, similarity_top_k=TOP_K), postprocessor=postprocessor,
+            rerank=True,  # source_nodes ranked by attribution (the default keeps the retriever's order)
         )
         response = engine.query(row["question"])
 

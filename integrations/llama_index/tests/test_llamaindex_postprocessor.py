@@ -228,11 +228,12 @@ def test_citation_offsets_index_the_body_when_the_title_repeats_it(attributor, l
     """The LLM sees "title: Paris.\n\nParis." : a citation of the body maps into node.text."""
     node = NodeWithScore(node=TextNode(id_="n1", text="Paris.", metadata={"title": "Paris."}), score=1.0)
     other = NodeWithScore(node=TextNode(id_="n2", text="Rome is in Italy."), score=0.5)
-    pp = AttribotNodePostprocessor(attributor=attributor, citation_top_k=None, rule=loo_rule)
+    every = loo_rule.with_options(min_citation=-1e9)  # cite every scored sentence, whatever its sign
+    pp = AttribotNodePostprocessor(attributor=attributor, citation_top_k=None, rule=every)
     got = pp.attribute_nodes([node, other], "Capital of France?", "Paris.")
-    body = [c for c in got.metadata["citations"] if c["node_id"] == "n1" and c["sentence"] == "Paris."]
+    body = [c for c in got.metadata["citations"] if c["node_id"] == "n1"]
     content = node.node.get_content(MetadataMode.LLM)
-    assert body and content.count("Paris.") == 2
+    assert content.count("Paris.") == 2 and [c["sentence"] for c in body] == ["Paris."]  # the header is no span
     assert [(c["content_start"], c["start"], c["end"]) for c in body] == [(content.rindex("Paris."), 0, 6)]
 
 
@@ -392,3 +393,39 @@ def test_metadata_reports_support_answer_sentences_and_noise(attributor, nodes, 
         assert s["supported"] is v.supported and s["score"] == pytest.approx(v.score)
     by_id = {e["node_id"]: e for e in meta["nodes"]}
     assert [by_id[s.id]["used"] for s in got.result.sources] == verdicts.used
+
+
+def test_cited_nodes_and_the_untouched_retrieved_nodes(attributor, nodes, question, answer, loo_rule):
+    got = AttribotNodePostprocessor(attributor=attributor, rule=loo_rule).attribute_nodes(nodes, question, answer)
+    assert all(a is b for a, b in zip(got.retrieved, nodes)) and len(got.retrieved) == len(nodes)
+    used = [e for e in got.metadata["nodes"] if e["used"]]
+    assert [n.node.node_id for n in got.cited_nodes] == [e["node_id"] for e in used]
+    retrieval = {n.node.node_id: n.score for n in nodes}
+    for cited, e in zip(got.cited_nodes, used):
+        assert cited.score == retrieval[cited.node.node_id]  # never the attribution score
+        assert cited.node.metadata[ATTRIBUTION_SCORE_KEY] == e["attribution_score"]
+    assert all(ATTRIBUTION_SCORE_KEY not in n.node.metadata for n in nodes)  # the docstore's nodes are untouched
+
+
+def test_a_source_label_is_scored_but_not_cited_unless_turned_off(attributor, loo_rule):
+    every = loo_rule.with_options(min_citation=-1e9)
+    labelled = [NodeWithScore(node=TextNode(id_="a", text="Source 1:\nParis is in France. Rome is in Italy.\n"),
+                              score=0.5),
+                NodeWithScore(node=TextNode(id_="b", text="Source 2:\nBerlin is in Germany.\n"), score=0.4)]
+    pp = AttribotNodePostprocessor(attributor=attributor, rule=every, citation_top_k=None)
+    got = pp.attribute_nodes(labelled, "Where is Paris?", "Paris is in France.")
+    assert [s.prefix for s in got.result.sources] == ["Source 1:\n", "Source 2:\n"]
+    assert got.citations and not any("Source" in c["sentence"] for c in got.citations)
+    for c in got.citations:
+        text = next(n.node.text for n in labelled if n.node.node_id == c["node_id"])
+        assert text[c["start"]:c["end"]] == c["sentence"]
+    off = AttribotNodePostprocessor(attributor=attributor, rule=every, citation_top_k=None, uncitable_prefix=None)
+    assert [s.prefix for s in off.attribute_nodes(labelled, "Where is Paris?", "Paris.").result.sources] == ["", ""]
+    with pytest.raises(ValueError, match="regular expression"):
+        AttribotNodePostprocessor(uncitable_prefix="(")
+
+
+def test_a_loaded_model_as_target_is_shared_and_serialized_by_name(tiny):
+    pp = AttribotNodePostprocessor(target=tiny)
+    assert pp.get_attributor().target.loaded is tiny
+    assert pp.to_dict()["target"] == "tiny"

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +31,7 @@ from attribot_rag import (
 )
 from attribot_rag import shared_model as core_shared_model
 from attribot_rag.decisions import DEFAULT_RULE, UNSET, DecisionRule
-from llama_index.core.bridge.pydantic import Field, field_validator, model_validator
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_serializer, field_validator, model_validator
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
@@ -44,13 +45,16 @@ dispatcher = get_dispatcher(__name__)
 
 #: Key of the attribution entry merged into ``Response.metadata`` / ``AgentChatResponse.metadata``.
 METADATA_KEY = "attribot"
-#: Node metadata key holding the retriever's score (``NodeWithScore.score`` becomes the attribution score).
+#: Node metadata key holding the retriever's score (kept there when re-ranking makes ``NodeWithScore.score``
+#: the attribution score).
 RETRIEVAL_SCORE_KEY = "retrieval_score"
 #: Node metadata key holding the attribution score (nats of answer log-likelihood lost without the node).
 ATTRIBUTION_SCORE_KEY = "attribution_score"
 #: Node metadata key holding the node's share of the total positive attribution score.
 ATTRIBUTION_SHARE_KEY = "attribution_share"
 _ADDED_KEYS = (RETRIEVAL_SCORE_KEY, ATTRIBUTION_SCORE_KEY, ATTRIBUTION_SHARE_KEY)
+#: ``CitationQueryEngine``'s label before each chunk ("Source 2:\n"): shown to the scorer, never cited.
+CITATION_LABEL = r"Source \d+:\n"
 
 
 def shared_model(name: str, dtype: Any = None, device: str | None = None) -> LoadedModel:
@@ -72,7 +76,14 @@ class AttributedNodes:
     Attributes:
         nodes: the nodes re-ranked by attribution score (highest first), filtered when the
             postprocessor filters; each is a copy whose ``score`` is the attribution score and
-            whose metadata holds the retrieval score.
+            whose metadata holds the retrieval score (what :meth:`postprocess_nodes` returns, and
+            a wrapper engine's ``source_nodes`` with ``rerank=True``).
+        cited_nodes: the nodes the answer used (the decision rule's ``used`` verdict; every
+            citation points into one of them), most relied-on first; copies whose ``score`` is the
+            retriever's and whose metadata adds ``attribution_score`` / ``attribution_share``.
+        retrieved: the input ``NodeWithScore`` objects themselves, in retrieval order, with their
+            own scores: all of them, or those kept by ``filter_unused`` / ``top_n`` (a wrapper
+            engine's ``source_nodes`` by default).
         result: the full :class:`attribot_rag.AttributionResult` (its ``source_index`` indexes
             ``result.sources``, the nodes kept after any overflow drop; the citations in
             ``metadata`` give the position in the input node list); ``None`` when a wrapper
@@ -83,12 +94,14 @@ class AttributedNodes:
     nodes: list[NodeWithScore]
     result: AttributionResult | None
     metadata: dict[str, Any] = field(default_factory=dict)
+    cited_nodes: list[NodeWithScore] = field(default_factory=list)
+    retrieved: list[NodeWithScore] = field(default_factory=list)
 
     @classmethod
     def skipped(cls, nodes: Sequence[NodeWithScore], question: str | None, answer: str | None,
                 reason: str) -> AttributedNodes:
         """A turn left unattributed: the nodes as they came, no citations, and why."""
-        return cls(nodes=list(nodes), result=None, metadata={
+        return cls(nodes=list(nodes), result=None, retrieved=list(nodes), metadata={
             "question": question, "answer": answer, "skipped": reason, "supported": None, "citations": [],
             "nodes": [], "answer_sentences": []})
 
@@ -136,17 +149,23 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
 
     The answer can come from any LLM: it is scored as text by the attributor's target model,
     by default the embedded ``"smollm2-135m"`` (loaded on first use), with the prompt LlamaIndex's
-    response synthesizer uses by default (:func:`llamaindex_qa_template`) over each node's
-    content as the synthesizer renders it (``MetadataMode.LLM``).
+    response synthesizer uses by default (:func:`llamaindex_qa_template`; a wrapper engine passes
+    the wrapped engine's own ``text_qa_template``) over each node's content as the synthesizer
+    renders it (``MetadataMode.LLM``). What the synthesizer puts before a node's text (its metadata
+    header, ``"title: ...\n\n"``, and ``CitationQueryEngine``'s ``"Source N:\n"`` label) is shown to
+    the scorer as the LLM saw it but is never cited (:attr:`attribot_rag.Source.prefix`).
 
     Args:
         attributor: an :class:`attribot_rag.Attributor` to score with; when ``None`` one is built
             on first use from ``target``, ``proxy``, ``strategy``, ``dtype`` and ``device``.
-        target: the scoring model (short name, local folder or Hub id), default the embedded default.
-        proxy: an optional smaller proxy model (see attribot-rag's strategies).
+        target: the scoring model (short name, local folder or Hub id, or an
+            :class:`attribot_rag.LoadedModel` such as ``AttribotLLM.loaded`` to score with the
+            generator's own weights), default the embedded default.
+        proxy: an optional smaller proxy model (see attribot-rag's strategies; same forms).
         strategy: attribot strategy preset name or :class:`attribot_rag.Strategy`.
         template: the scoring prompt (an :class:`attribot_rag.PromptTemplate`) when no attributor
-            is given; ``None`` = :func:`llamaindex_qa_template()` (LlamaIndex's default QA prompt).
+            is given; ``None`` = the prompt a wrapper engine passes (the wrapped engine's own QA
+            prompt), else :func:`llamaindex_qa_template()` (LlamaIndex's default QA prompt).
         filter_unused: drop the nodes the answer did not use.
         rule: the :class:`attribot_rag.decisions.DecisionRule` behind every verdict (``None``:
             the core's ``DEFAULT_RULE``).
@@ -159,12 +178,18 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
         metadata_mode: which node content is attributed: ``MetadataMode.LLM`` (default) is what
             the synthesizer shows the LLM; ``MetadataMode.NONE`` the bare text, with a ``title``
             metadata entry passed as the document title (for attribot's own prompt template).
-            Citation ``start``/``end`` index into ``node.text`` (``None`` for a span in the metadata header).
+            Citation ``start``/``end`` index into ``node.text``.
+        uncitable_prefix: a regular expression; text it matches at the start of a node's text is
+            shown to the scorer but never cited (default :data:`CITATION_LABEL`,
+            ``CitationQueryEngine``'s ``"Source N:\n"``; ``None``: off). The metadata header is
+            never citable whatever this is.
     """
 
     attributor: Attributor | None = Field(default=None, exclude=True, description="Attributor to score with.")
-    target: str = Field(default=DEFAULT_MODEL, description="Scoring model when no attributor is given.")
-    proxy: str | None = Field(default=None, description="Optional proxy model when no attributor is given.")
+    target: str | LoadedModel = Field(
+        default=DEFAULT_MODEL, description="Scoring model (name or LoadedModel) when no attributor is given.")
+    proxy: str | LoadedModel | None = Field(
+        default=None, description="Optional proxy model when no attributor is given.")
     strategy: str | Strategy = Field(default="auto", description="attribot strategy preset or Strategy.")
     template: PromptTemplate | None = Field(
         default=None, description="Scoring prompt when no attributor is given (None: LlamaIndex's QA prompt)."
@@ -184,6 +209,24 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
     top_n: int | None = Field(default=None, description="Keep at most this many nodes after re-ranking.")
     citation_top_k: int | None = Field(default=10, description="How many sentence citations to report.")
     metadata_mode: MetadataMode = Field(default=MetadataMode.LLM, description="Which node content to attribute.")
+    uncitable_prefix: str | None = Field(
+        default=CITATION_LABEL,
+        description="Regex: text it matches at the start of a node's text is scored but never cited.")
+    _attributors: dict[Any, Attributor] = PrivateAttr(default_factory=dict)
+
+    @field_serializer("target", "proxy")
+    def _model_name(self, value: Any) -> str | None:
+        return value if value is None or isinstance(value, str) else str(getattr(value, "name", value))
+
+    @field_validator("uncitable_prefix")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"uncitable_prefix is not a regular expression: {exc}") from exc
+        return value
 
     @field_validator("top_n", "citation_top_k")
     @classmethod
@@ -227,8 +270,9 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
     def __deepcopy__(self, memo: dict[int, Any] | None = None) -> AttribotNodePostprocessor:
         """A deep copy that shares the attributor: its loaded model is never duplicated."""
         memo = {} if memo is None else memo
-        if self.attributor is not None:
-            memo[id(self.attributor)] = self.attributor
+        for attributor in (self.attributor, *self._attributors.values()):
+            if attributor is not None:
+                memo[id(attributor)] = attributor
         return super().__deepcopy__(memo)
 
     @classmethod
@@ -237,18 +281,29 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
         return "AttribotNodePostprocessor"
 
     # ------------------------------------------------------------------ attributor
-    def attributor_config(self) -> AttributorConfig:
-        """The settings of the attributor built when none is given (checked, nothing loaded)."""
-        return AttributorConfig(self.target, self.proxy, strategy=self.strategy, device=self.device,
-                                dtype=self.dtype, template=self.template or llamaindex_qa_template())
+    def scoring_template(self, template: PromptTemplate | None = None) -> PromptTemplate:
+        """The scoring prompt used when no attributor is given: ``self.template``, else ``template``
+        (a wrapper engine's mirrored QA prompt), else :func:`llamaindex_qa_template()`."""
+        return self.template or template or llamaindex_qa_template()
 
-    def get_attributor(self) -> Attributor:
+    def attributor_config(self, template: PromptTemplate | None = None) -> AttributorConfig:
+        """The settings of the attributor built when none is given (checked, nothing loaded);
+        ``template``: see :meth:`scoring_template`."""
+        return AttributorConfig(self.target, self.proxy, strategy=self.strategy, device=self.device,
+                                dtype=self.dtype, template=self.scoring_template(template))
+
+    def get_attributor(self, template: PromptTemplate | None = None) -> Attributor:
         """The attributor in use: given, or the process-wide one for :meth:`attributor_config`
         (:func:`attribot_rag.shared_attributor`: built, and its model loaded, on first call; shared by
-        every postprocessor and engine wrapper with equal settings)."""
-        if self.attributor is None:
-            self.attributor = shared_attributor(self.attributor_config())
-        return self.attributor
+        every postprocessor and engine wrapper with equal settings). A given attributor scores with
+        its own template; ``template`` only shapes the one built here."""
+        if self.attributor is not None:
+            return self.attributor
+        key = self.scoring_template(template)
+        hit = self._attributors.get(key)
+        if hit is None:
+            hit = self._attributors[key] = shared_attributor(self.attributor_config(template))
+        return hit
 
     # ------------------------------------------------------------------ public API
     def postprocess_nodes(
@@ -288,12 +343,16 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
 
     @dispatcher.span
     def attribute_nodes(
-        self, nodes: Sequence[NodeWithScore], query_str: str, answer: str, history: Sequence[Any] | None = None
+        self, nodes: Sequence[NodeWithScore], query_str: str, answer: str, history: Sequence[Any] | None = None,
+        *, template: PromptTemplate | None = None,
     ) -> AttributedNodes:
-        """Attribute ``answer`` to ``nodes``: re-ranked nodes, the full result and citations.
+        """Attribute ``answer`` to ``nodes``: re-ranked nodes, cited nodes, the full result and citations.
 
         ``history``: earlier chat turns shown before the question (``ChatMessage`` objects or
         ``{"role", "content"}`` dicts, user/assistant roles), as context that is never ablated.
+        ``template``: the prompt the answer was generated with, as an attribot ``PromptTemplate``
+        (:func:`llamaindex_qa_template` of the engine's QA prompt); used unless the postprocessor
+        has an ``attributor`` or a ``template`` of its own (see :meth:`scoring_template`).
 
         Raises:
             NoSourcesError: ``nodes`` is empty.
@@ -301,29 +360,30 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
             NodeTextError: a node has no text (e.g. an image node).
             attribot_rag.InputError: any other input attribot-rag rejects (too long a context, ...).
         """
-        nodes, question, answer, sources = self._prepare(nodes, query_str, answer)
-        with self._traced(nodes, question) as out:
-            result = self.get_attributor().attribute(question, sources, answer, history=history)  # takes its lock
-            out.append(self._rank(nodes, sources, result))
+        nodes, question, answer, (sources, offsets) = self._prepare(nodes, query_str, answer)
+        attributor = self.get_attributor(template)
+        with self._traced(nodes, question, attributor.target.name) as out:
+            result = attributor.attribute(question, sources, answer, history=history)  # takes its lock
+            out.append(self._rank(nodes, sources, offsets, result, attributor))
         return out[0]
 
     @dispatcher.span
     async def aattribute_nodes(
-        self, nodes: Sequence[NodeWithScore], query_str: str, answer: str, history: Sequence[Any] | None = None
+        self, nodes: Sequence[NodeWithScore], query_str: str, answer: str, history: Sequence[Any] | None = None,
+        *, template: PromptTemplate | None = None,
     ) -> AttributedNodes:
         """Async :meth:`attribute_nodes`; the forward passes run in a worker thread."""
-        nodes, question, answer, sources = self._prepare(nodes, query_str, answer)
-        with self._traced(nodes, question) as out:
-            attributor = await asyncio.to_thread(self.get_attributor)
+        nodes, question, answer, (sources, offsets) = self._prepare(nodes, query_str, answer)
+        attributor = await asyncio.to_thread(self.get_attributor, template)
+        with self._traced(nodes, question, attributor.target.name) as out:
             result = await attributor.aattribute(question, sources, answer, history=history)
-            out.append(self._rank(nodes, sources, result))
+            out.append(self._rank(nodes, sources, offsets, result, attributor))
         return out[0]
 
     @contextlib.contextmanager
-    def _traced(self, nodes: list[NodeWithScore], question: str) -> Iterator[list[AttributedNodes]]:
+    def _traced(self, nodes: list[NodeWithScore], question: str, model: str) -> Iterator[list[AttributedNodes]]:
         """Report the re-ranking as LlamaIndex rerankers do: instrumentation ReRank events and a
         RERANKING callback event, so tracing tools see it. The body appends its result to the list."""
-        model = self.attributor.target.name if self.attributor is not None else self.target
         top_n = self.top_n or len(nodes)
         dispatcher.event(ReRankStartEvent(query=question, nodes=nodes, top_n=top_n, model_name=model))
         out: list[AttributedNodes] = []
@@ -336,20 +396,26 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
         dispatcher.event(ReRankEndEvent(nodes=out[0].nodes))
 
     def attribute_turn(
-        self, nodes: Sequence[NodeWithScore], query_str: str, answer: str | None, history: Sequence[Any] | None = None
+        self, nodes: Sequence[NodeWithScore], query_str: str, answer: str | None, history: Sequence[Any] | None = None,
+        *, template: PromptTemplate | None = None,
     ) -> AttributedNodes:
         """:meth:`attribute_nodes` for wrapper engines: a turn with no source nodes or no answer
         (the engine answered without retrieval) is returned skipped, with a warning, not raised.
         The plain engine answered it; attribution must not turn that answer into an error."""
         skipped = _skipped_turn(nodes, query_str, answer)
-        return skipped if skipped is not None else self.attribute_nodes(nodes, query_str, answer, history)
+        if skipped is not None:
+            return skipped
+        return self.attribute_nodes(nodes, query_str, answer, history, template=template)
 
     async def aattribute_turn(
-        self, nodes: Sequence[NodeWithScore], query_str: str, answer: str | None, history: Sequence[Any] | None = None
+        self, nodes: Sequence[NodeWithScore], query_str: str, answer: str | None, history: Sequence[Any] | None = None,
+        *, template: PromptTemplate | None = None,
     ) -> AttributedNodes:
         """Async :meth:`attribute_turn`."""
         skipped = _skipped_turn(nodes, query_str, answer)
-        return skipped if skipped is not None else await self.aattribute_nodes(nodes, query_str, answer, history)
+        if skipped is not None:
+            return skipped
+        return await self.aattribute_nodes(nodes, query_str, answer, history, template=template)
 
     # ------------------------------------------------------------------ internals
     @staticmethod
@@ -360,7 +426,7 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
 
     def _prepare(
         self, nodes: Sequence[NodeWithScore] | None, query_str: str | None, answer: Any
-    ) -> tuple[list[NodeWithScore], str, str, list[Source]]:
+    ) -> tuple[list[NodeWithScore], str, str, tuple[list[Source], list[int | None]]]:
         nodes = list(nodes or [])
         if not nodes:
             raise NoSourcesError(
@@ -371,8 +437,11 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
         text = _require_answer(answer)
         return nodes, question, text, self._sources(nodes)
 
-    def _sources(self, nodes: list[NodeWithScore]) -> list[Source]:
-        sources, seen = [], set()
+    def _sources(self, nodes: list[NodeWithScore]) -> tuple[list[Source], list[int | None]]:
+        """One attribot source per node, and where each source's text starts in ``node.text``
+        (``None``: it does not come from ``node.text``). What the synthesizer shows before the node's
+        text (the metadata header, a ``"Source N:"`` label) is the source's uncitable ``prefix``."""
+        sources, offsets, seen = [], [], set()
         for i, nws in enumerate(nodes):
             if not isinstance(nws, NodeWithScore):
                 raise InputError(f"source node {i} is a {type(nws).__name__}; pass NodeWithScore objects")
@@ -401,10 +470,13 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
                 and "title" not in node.excluded_llm_metadata_keys
             ):
                 meta["title"] = str(title)
-            sources.append(Source(id=sid, text=text, metadata=meta))
-        return sources
+            prefix, body, offset = _split_content(node, text, self.uncitable_prefix)
+            sources.append(Source(id=sid, text=body, metadata=meta, prefix=prefix))
+            offsets.append(offset)
+        return sources, offsets
 
-    def _rank(self, nodes: list[NodeWithScore], sources: list[Source], result: AttributionResult) -> AttributedNodes:
+    def _rank(self, nodes: list[NodeWithScore], sources: list[Source], offsets: list[int | None],
+              result: AttributionResult, attributor: Attributor) -> AttributedNodes:
         # The core may drop sources to fit the context window (``overflow=``) and then lists only
         # the kept ones: map its scores back to the nodes by id, never by position.
         position = {src.id: i for i, src in enumerate(sources)}
@@ -425,12 +497,11 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
             kept = kept[: self.top_n]
         kept_set = set(kept)
 
-        out = [
-            NodeWithScore(
-                node=_annotated(nodes[i].node, _retrieval_score(nodes[i]), scores[i], shares[i]), score=scores[i]
-            )
-            for i in kept
-        ]
+        annotated = {i: _annotated(nodes[i].node, _retrieval_score(nodes[i]), scores[i], shares[i])
+                     for i in {*kept, *(i for i in order if used[i])}}
+        out = [NodeWithScore(node=annotated[i], score=scores[i]) for i in kept]
+        cited_nodes = [NodeWithScore(node=annotated[i], score=_retrieval_score(nodes[i])) for i in order if used[i]]
+        retrieved = [nodes[i] for i in range(len(nodes)) if i in kept_set]
         node_ids = [n.node.node_id for n in nodes]
         citations = []
         cited = verdicts.citations  # ranked; only used nodes, only supported answer sentences
@@ -439,15 +510,16 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
             entry.pop("metadata", None)
             i = entry["source_index"] = position[c.source_id]  # in the retrieved list
             entry["node_id"] = node_ids[i]
-            # Offsets into the attributed content, and into node.text (None: the metadata header).
-            entry["content_start"], entry["content_end"] = c.start, c.end
-            entry["start"], entry["end"] = _text_span(nodes[i].node, sources[i].text, c)
+            # Offsets into the attributed content (prefix + text), and into node.text.
+            lead = len(sources[i].prefix)
+            entry["content_start"], entry["content_end"] = c.start + lead, c.end + lead
+            entry["start"], entry["end"] = _text_span(nodes[i].node, offsets[i], c)
             citations.append(entry)
         metadata = {
             "question": result.question,
             "answer": result.answer,
             "strategy": result.strategy,
-            "scored_by": self.get_attributor().target.name,
+            "scored_by": attributor.target.name,
             "supported": verdicts.supported,
             "lift": verdicts.lift,
             "noise": verdicts.noise,
@@ -469,7 +541,8 @@ class AttribotNodePostprocessor(BaseNodePostprocessor):
             "answer_sentences": [a.to_dict() for a in verdicts.answer_sentences],
             "timing": result.timing,
         }
-        return AttributedNodes(nodes=out, result=result, metadata=metadata)
+        return AttributedNodes(nodes=out, result=result, metadata=metadata, cited_nodes=cited_nodes,
+                               retrieved=retrieved)
 
 
 def _skipped_turn(nodes: Sequence[NodeWithScore] | None, question: str, answer: Any) -> AttributedNodes | None:
@@ -491,18 +564,37 @@ def _retrieval_score(nws: NodeWithScore) -> float | None:
     return nws.score
 
 
-def _text_span(node: BaseNode, content: str, citation: Any) -> tuple[int | None, int | None]:
+def _split_content(node: BaseNode, content: str, label: str | None) -> tuple[str, str, int | None]:
+    """``(prefix, body, offset)``: the synthesizer's rendering of ``node`` cut into what precedes the
+    node's own text (never citable) and the text from there on; ``offset`` is where ``body`` starts in
+    ``node.text`` (``None`` when the content does not hold ``node.text``). A leading match of the
+    ``label`` regex (``"Source N:\n"``) moves into the prefix too."""
+    text = getattr(node, "text", None)
+    stripped = text.strip() if isinstance(text, str) else ""
+    # LlamaIndex renders "{metadata_str}\n\n{content}": the text is the last match (a title may repeat it)
+    pos = content.rfind(stripped) if stripped else -1
+    if pos < 0:
+        return "", content, None
+    prefix, body, offset = content[:pos], content[pos:], len(text) - len(text.lstrip())
+    found = re.match(label, body) if label else None
+    if found and body[found.end():].strip():
+        rest = body[found.end():]
+        cut = found.end() + len(rest) - len(rest.lstrip())  # the core strips the text: keep its whitespace here
+        prefix, body, offset = prefix + body[:cut], body[cut:], offset + cut
+    if not prefix.strip():  # only whitespace before the text: rendered stripped, as before
+        prefix = ""
+    return prefix, body, offset
+
+
+def _text_span(node: BaseNode, offset: int | None, citation: Any) -> tuple[int | None, int | None]:
     """The citation's ``[start, end)`` in ``node.text``; ``(None, None)`` if it lies outside it."""
     text = getattr(node, "text", None)
-    if not isinstance(text, str):
+    if offset is None or not isinstance(text, str):
         return None, None
-    stripped = text.strip()
-    # LlamaIndex renders "{metadata}\n\n{content}": the body is the last match (a title may repeat it)
-    pos = content.rfind(stripped) if stripped else -1
-    if pos < 0 or citation.start < pos or citation.end > pos + len(stripped):
+    start, end = citation.start + offset, citation.end + offset
+    if end > len(text) or text[start:end] != citation.sentence:
         return None, None
-    lead = len(text) - len(text.lstrip())
-    return citation.start - pos + lead, citation.end - pos + lead
+    return start, end
 
 
 def _annotated(node: BaseNode, retrieval: float | None, score: float | None, share: float | None) -> BaseNode:

@@ -3,25 +3,35 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from attribot_rag import ConfigError
 from attribot_rag.errors import is_count
 from llama_index.core.base.llms.types import ChatMessage, ChatResponse, MessageRole
 from llama_index.core.chat_engine.types import AgentChatResponse, BaseChatEngine, StreamingAgentChatResponse
+from llama_index.core.schema import NodeWithScore
 
 from .base import METADATA_KEY, AttribotNodePostprocessor, AttributedNodes
+
+
+@dataclass
+class AttributedChatResponse(AgentChatResponse):
+    """An :class:`AgentChatResponse` with ``cited_nodes``: the source nodes the answer used, most relied-on first."""
+
+    cited_nodes: list[NodeWithScore] = field(default_factory=list)
 
 
 @dataclass
 class AttributedStreamingChatResponse(StreamingAgentChatResponse):
     """A finished chat stream with attribution: ``response_gen`` replays the whole answer once.
 
-    ``metadata["attribot"]`` holds the citations, as on :class:`AgentChatResponse`.
+    ``metadata["attribot"]`` holds the citations and ``cited_nodes`` the nodes the answer used, as
+    on :class:`AttributedChatResponse`.
     """
 
     metadata: dict[str, Any] | None = None
+    cited_nodes: list[NodeWithScore] = field(default_factory=list)
 
 
 def _replay(text: str) -> Generator[ChatResponse, None, None]:
@@ -52,8 +62,10 @@ class AttributedChatEngine(BaseChatEngine):
 
     Works with any chat engine whose responses carry ``source_nodes`` (``ContextChatEngine``,
     ``CondensePlusContextChatEngine``, ...). Each turn's answer is attributed over that turn's
-    source nodes; ``response.source_nodes`` come back re-ranked (and filtered, if the
-    postprocessor filters) and ``response.metadata["attribot"]`` holds the citations.
+    source nodes: ``response.source_nodes`` keep the retriever's order and scores (filtered, in
+    that order, if the postprocessor filters; re-ranked by attribution with ``rerank=True``, as
+    :class:`AttributedQueryEngine` does), ``response.cited_nodes`` are the nodes the answer used
+    and ``response.metadata["attribot"]`` holds the citations.
 
     The question attributed with is the standalone question the engine retrieved with when it
     reports one (``CondensePlusContextChatEngine`` condenses the chat history into it), else the
@@ -72,6 +84,7 @@ class AttributedChatEngine(BaseChatEngine):
         postprocessor: does the attribution (default: :class:`AttribotNodePostprocessor()`).
         use_retrieval_question: attribute with the engine's retrieval (condensed) question.
         history_messages: how many of the latest earlier messages to score the answer in (0: none).
+        rerank: return ``source_nodes`` re-ranked by attribution (``score`` = attribution score).
     """
 
     def __init__(
@@ -80,6 +93,7 @@ class AttributedChatEngine(BaseChatEngine):
         postprocessor: AttribotNodePostprocessor | None = None,
         use_retrieval_question: bool = True,
         history_messages: int = 4,
+        rerank: bool = False,
     ) -> None:
         if not is_count(history_messages):
             raise ConfigError(f"history_messages must be an int >= 0, got {history_messages!r}")
@@ -87,14 +101,16 @@ class AttributedChatEngine(BaseChatEngine):
         self.postprocessor = postprocessor or AttribotNodePostprocessor()
         self.use_retrieval_question = use_retrieval_question
         self.history_messages = history_messages
+        self.rerank = rerank
 
     @classmethod
     def from_defaults(
         cls, chat_engine: BaseChatEngine, use_retrieval_question: bool = True, history_messages: int = 4,
-        **kwargs: Any,
+        rerank: bool = False, **kwargs: Any,
     ) -> AttributedChatEngine:
         """Wrap ``chat_engine``; ``kwargs`` build the :class:`AttribotNodePostprocessor`."""
-        return cls(chat_engine, AttribotNodePostprocessor(**kwargs), use_retrieval_question, history_messages)
+        return cls(chat_engine, AttribotNodePostprocessor(**kwargs), use_retrieval_question, history_messages,
+                   rerank)
 
     @property
     def chat_engine(self) -> BaseChatEngine:
@@ -111,7 +127,9 @@ class AttributedChatEngine(BaseChatEngine):
         """The wrapped engine's chat history."""
         return self._chat_engine.chat_history
 
-    def chat(self, message: str, chat_history: list[ChatMessage] | None = None, **kwargs: Any) -> AgentChatResponse:
+    def chat(
+        self, message: str, chat_history: list[ChatMessage] | None = None, **kwargs: Any
+    ) -> AttributedChatResponse:
         """Chat, then attribute the answer over the turn's source nodes."""
         prior = self._prior(chat_history)
         response = self._chat_engine.chat(message, chat_history, **kwargs)
@@ -123,7 +141,7 @@ class AttributedChatEngine(BaseChatEngine):
 
     async def achat(
         self, message: str, chat_history: list[ChatMessage] | None = None, **kwargs: Any
-    ) -> AgentChatResponse:
+    ) -> AttributedChatResponse:
         """Async :meth:`chat`; attribution runs in a worker thread."""
         prior = self._prior(chat_history)
         response = await self._chat_engine.achat(message, chat_history, **kwargs)
@@ -185,21 +203,23 @@ class AttributedChatEngine(BaseChatEngine):
         metadata[METADATA_KEY] = attributed.metadata
         return metadata
 
-    def _response(self, response: Any, text: str, attributed: AttributedNodes) -> AgentChatResponse:
-        return AgentChatResponse(
+    def _response(self, response: Any, text: str, attributed: AttributedNodes) -> AttributedChatResponse:
+        return AttributedChatResponse(
             response=text,
             sources=list(response.sources),
-            source_nodes=attributed.nodes,
+            source_nodes=attributed.nodes if self.rerank else attributed.retrieved,
             metadata=self._metadata(response, attributed),
+            cited_nodes=attributed.cited_nodes,
         )
 
     def _streaming(self, response: Any, text: str, attributed: AttributedNodes) -> AttributedStreamingChatResponse:
         return AttributedStreamingChatResponse(
             response=text,
             sources=list(response.sources),
-            source_nodes=attributed.nodes,
+            source_nodes=attributed.nodes if self.rerank else attributed.retrieved,
             chat_stream=_replay(text),
             achat_stream=_areplay(text),
             is_writing_to_memory=False,  # the wrapped engine already wrote the turn to its memory
             metadata=self._metadata(response, attributed),
+            cited_nodes=attributed.cited_nodes,
         )
