@@ -106,33 +106,31 @@ def _owned(name: str) -> bool:
 
 
 class _Lock:
-    """An exclusive ``flock`` on OUT/_lock: two jobs never write one folder (released on any exit)."""
+    """An exclusive lock on OUT/_lock (:mod:`filelock`: ``flock`` on POSIX, ``msvcrt`` on Windows): two jobs
+    never write one folder. Not waited for: a second job is refused at once. Released on any exit (the
+    operating system drops the lock of a killed process)."""
 
     def __init__(self, out_dir: Path) -> None:
+        from filelock import FileLock
+
         self.path = out_dir / LOCK_FILE
-        self.fd: int | None = None
+        self._lock = FileLock(self.path)
 
     def __enter__(self) -> _Lock:
+        from filelock import Timeout
+
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._lock.acquire(timeout=0)
+        except Timeout as exc:  # (a TimeoutError, so an OSError: caught first)
+            raise BatchError(f"another attribot-rag batch job is writing {self.path.parent}: wait for it to finish, "
+                             "or write to another folder") from exc
         except OSError as exc:
             raise BatchError(f"cannot write to the output folder {self.path.parent}: {exc.strerror or exc}; pass a "
                              "folder you can write") from exc
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: no lock
-            return self
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(self.fd)
-            raise BatchError(f"another attribot-rag batch job is writing {self.path.parent}: wait for it to finish, "
-                             "or write to another folder") from exc
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
+        self._lock.release()
 
 
 def _prepare_out(out_dir: Path, job: dict, overwrite: bool) -> None:
