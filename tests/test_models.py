@@ -404,3 +404,15 @@ def test_the_models_package_reexports_its_parts_and_patches_reach_them(monkeypat
             clear_model_cache()
         assert calls == ["patched-on-the-package"]
     assert loading.load_model is real and M.load_model is real  # the undo reached the submodule too
+
+
+def test_a_patch_on_a_submodule_reaches_its_callers_in_the_others(monkeypatch):
+    class Reached(Exception):
+        pass
+
+    def pulled(name, **kw):
+        raise Reached(name)
+
+    monkeypatch.setattr(registry, "pull", pulled)
+    with pytest.raises(Reached, match="smollm2-135m"):
+        M.load_model("smollm2-135m", device="cpu", dtype="fp32")

@@ -14,8 +14,9 @@ Private names are re-exported only where tests of the one-module days read them 
 ``_SHARED``, ...: each marked ``noqa: F401`` below). Setting a re-exported name on this package
 (``monkeypatch.setattr(attribot_rag.models, "load_model", fake)``) sets it in every submodule bound to the
 same object too, so the code that uses the name sees it, as it did when this was one module. A patch on a
-submodule (``attribot_rag.models.loading.load_model``) reaches that submodule only: submodules call each
-other's patchable functions through the module (``sharing`` calls ``loading.load_model``).
+submodule (``attribot_rag.models.loading.load_model``) reaches that submodule only; submodules call each
+other's functions through the module, so such a patch still reaches every caller (``sharing`` calls
+``loading.load_model``, ``loading`` calls ``registry.pull`` and ``registry.convert_gguf``).
 """
 
 from __future__ import annotations

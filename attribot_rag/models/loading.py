@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DeviceError, ModelError, UnknownModelError
-from .registry import DEFAULT_MODEL, REGISTRY, _check_transformers, convert_gguf, pull
+from . import registry as _registry  # pull / convert_gguf looked up at call time: patchable there
+from .registry import DEFAULT_MODEL, REGISTRY
 
 
 def default_device() -> str:
@@ -155,10 +156,10 @@ def load_model(
     name = str(name_or_path)
     path = Path(name).expanduser()
     if name in REGISTRY and not isinstance(name_or_path, os.PathLike):  # Path("./smollm2-135m") is a folder
-        _check_transformers(REGISTRY[name])
-        folder = convert_gguf(pull(name), REGISTRY[name].sha256)
+        _registry._check_transformers(REGISTRY[name])
+        folder = _registry.convert_gguf(_registry.pull(name), REGISTRY[name].sha256)
     elif path.is_file() and path.suffix == ".gguf":
-        folder = convert_gguf(path)
+        folder = _registry.convert_gguf(path)
     elif path.is_dir():
         folder = path
     elif re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not isinstance(name_or_path, os.PathLike):
