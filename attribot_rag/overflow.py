@@ -157,7 +157,7 @@ def _remember(memo: dict, scorers: Sequence[Any], encoded: dict[int, list[int]])
 def source_costs(builder: Any, srcs: Sequence[Source]) -> list[float]:
     """Each source's tokens in the prompt, estimated from its own rendered block (one batched call)."""
     template = builder.template
-    blocks = [template.document.format(index=i + 1, title=f" {s.title}" if s.title else "", text=s.text.strip())
+    blocks = [template.document.format(index=i + 1, title=f" {s.title}" if s.title else "", text=s.rendered())
               + "\n\n" for i, s in enumerate(srcs)]
     try:
         ids = builder.tokenizer(blocks, add_special_tokens=False)["input_ids"]
