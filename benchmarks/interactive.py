@@ -174,7 +174,7 @@ def _reference() -> dict | None:
     return {"file": f"benchmarks/results/{REFERENCE.name}", "strategy": s["strategy"], "examples": s["examples"],
             "top1_document_gold_rate": s["top1_document_gold_rate"],
             "top1_sentence_gold_rate": s["top1_sentence_gold_rate"],
-            "answers": "the model's own (generated)"}
+            "answers": "answers the model generated"}
 
 
 def summarize(records: list[dict], model: str, strategies: Sequence[str] = STRATEGIES,
@@ -300,7 +300,7 @@ def render_markdown(summary: dict) -> str:
     if ref:
         lines.append("")
         lines.append(f"Reference: `benchmarks.hotpot_top_document` (`{ref['strategy']}`, {ref['examples']} questions, "
-                     f"{ref['answers']} answers) puts a gold document on top in "
+                     f"{ref['answers']}) puts a gold document on top in "
                      f"{_pct(ref['top1_document_gold_rate'])} and a gold sentence in "
                      f"{_pct(ref['top1_sentence_gold_rate'])}.")
     return "\n".join(lines)

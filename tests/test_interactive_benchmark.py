@@ -67,7 +67,7 @@ def test_goal_met_when_fast_and_gold_rate_holds():
 
 
 def test_render_markdown_labels_approximate_and_goal_lines():
-    ref = {"strategy": "hierarchical", "examples": 20, "answers": "the model's own (generated)",
+    ref = {"strategy": "hierarchical", "examples": 20, "answers": "answers the model generated",
            "top1_document_gold_rate": 0.75, "top1_sentence_gold_rate": 0.4}
     md = ib.render_markdown(ib.summarize(_records(), "m", STRATS, reference=ref))
     lines = md.splitlines()
