@@ -71,9 +71,9 @@ class DecisionRule:
     support_from: str = "best"
     min_loo: float = 1.0
     min_share: float | None = 0.15
-    min_sufficiency: float | None = 0.5
-    sufficiency_ratio: float = 0.25
-    sufficiency_over: str = "none"
+    min_sufficiency: float | None = 2.0
+    sufficiency_ratio: float = 0.5
+    sufficiency_over: str = "median"
     min_citation: float = 0.25
     noise_factor: float = 1.0
     mark_top_k: int = 5

@@ -119,8 +119,8 @@ def test_sufficiency_over_the_median_source_ignores_the_generic_context_effect()
     # every document alone lifts the answer by ~2 nats (any document puts the model in "answer" mode);
     # d3 lifts it by 7: only d3 is evidence once the typical source's lift is taken off
     res = _hand_built([0.0, 0.1, -0.1, 0.2, 0.0], [8.0], [[2.0], [2.2], [1.9], [7.0], [2.1]])
-    generic = DecisionRule(sufficiency_over="none", sufficiency_ratio=0.25)
-    over = DecisionRule(sufficiency_over="median", sufficiency_ratio=0.25)
+    generic = DecisionRule(sufficiency_over="none", min_sufficiency=0.5, sufficiency_ratio=0.25)
+    over = DecisionRule(sufficiency_over="median", min_sufficiency=0.5, sufficiency_ratio=0.25)
     assert res.decisions(generic).used == [True, True, True, True, True]
     v = res.decisions(over)
     assert v.used == [False, False, False, True, False] and v.marks == {0: [4]}
