@@ -4,8 +4,9 @@ Exact LOO re-runs every token after a removed span. Masked LOO runs the full pro
 once and scores each ablation by re-running only the answer (and the prompt's last token,
 which predicts the answer's first) against the full prompt's KV cache, with the span's token
 positions hidden from attention (:meth:`~attribot_rag.engine.LikelihoodEngine.masked_answer_logprobs`);
-many ablations run as batch rows over one shared cache. Its cost grows with ablations x answer
-tokens instead of ablations x the tokens after each span.
+many ablations are packed into one sequence after one copy of the shared cache (one forward pass
+per chunk of rows, each row at the answer's original positions, rows blind to one another). Its
+cost grows with ablations x answer tokens instead of ablations x the tokens after each span.
 
 It is not LOO: the context tokens after a span keep what they read from it, so a span whose
 content the rest of the prompt already absorbed (a later sentence that restates it, the

@@ -143,9 +143,10 @@ def test_span_layout_needs_templates_that_hold_each_field_once(tok, sources):
 
 
 # ---------------------------------------------------------------- the engine path
-def test_nothing_masked_equals_the_full_pass(tiny, tok, sources):
+@pytest.mark.parametrize("packed", [True, False])
+def test_nothing_masked_equals_the_full_pass(tiny, tok, sources, packed):
     _, _, layout, answer = _layout(tok, sources)
-    engine = LikelihoodEngine(tiny.model, max_batch_size=4, max_batch_tokens=10**6)
+    engine = LikelihoodEngine(tiny.model, max_batch_size=4, max_batch_tokens=10**6, masked_packed=packed)
     pre = engine.prefill(layout.ids, answer)
     got = engine.masked_answer_logprobs(pre, [[], [], [(3, 3)]])  # empty masks and an empty range
     exact_full, _ = LikelihoodEngine(tiny.model, mode="exact").answer_logprobs(layout.ids, [], answer)
@@ -155,12 +156,17 @@ def test_nothing_masked_equals_the_full_pass(tiny, tok, sources):
         assert torch.allclose(row, exact_full, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["llama-sdpa", "llama-eager", "qwen2-sliding", "gemma3-hybrid"])
-def test_cached_batched_masked_path_equals_an_uncached_reference(tok, sources, kind):
+KINDS = ["llama-sdpa", "llama-eager", "qwen2-sliding", "gemma3-hybrid"]
+
+
+@pytest.mark.parametrize("packed", [True, False])
+@pytest.mark.parametrize("kind", KINDS)
+def test_cached_batched_masked_path_equals_an_uncached_reference(tok, sources, kind, packed):
     _, _, layout, answer = _layout(tok, sources)
     model, window = _model(kind, len(tok), len(layout.ids))
     masks = [[], *([r] for r in layout.ranges.values()), [layout.ranges[(0, None)], layout.ranges[(2, 0)]]]
-    engine = LikelihoodEngine(model, max_batch_size=16, max_batch_tokens=10**6)
+    engine = LikelihoodEngine(model, max_batch_size=16, max_batch_tokens=10**6, max_packed_tokens=10**6,
+                              masked_packed=packed)
     cost = Cost()
     pre = engine.prefill(layout.ids, answer, cost=cost)
     got = engine.masked_answer_logprobs(pre, masks, cost=cost)
@@ -178,10 +184,10 @@ def test_cached_batched_masked_path_equals_an_uncached_reference(tok, sources, k
 def test_batching_masked_rows_changes_nothing(tiny, tok, sources, kw):
     _, _, layout, answer = _layout(tok, sources)
     masks = [[r] for r in layout.ranges.values()] + [[layout.ranges[(1, 0)], layout.ranges[(1, 2)]]]
-    one = LikelihoodEngine(tiny.model, max_batch_size=1)
+    one = LikelihoodEngine(tiny.model, max_batch_size=1, masked_packed=False)
     pre = one.prefill(layout.ids, answer)
     expected = one.masked_answer_logprobs(pre, masks)
-    engine = LikelihoodEngine(tiny.model, **kw)
+    engine = LikelihoodEngine(tiny.model, masked_packed=False, **kw)
     seen = []
     real = engine._forward
 
@@ -195,6 +201,40 @@ def test_batching_masked_rows_changes_nothing(tiny, tok, sources, kw):
     assert sum(seen) == len(masks) and max(seen) <= engine.max_batch_size
     assert len(seen) == math.ceil(len(masks) / max(1, min(engine.max_batch_size, engine.max_batch_tokens
                                                            // (len(layout.ids) + len(answer)))))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_packed_rows_equal_batch_rows_and_the_reference_however_chunked(tok, sources, kind):
+    """Packed rows (one sequence per pass, block-diagonal mask, repeated positions) = batch rows = reference."""
+    _, _, layout, answer = _layout(tok, sources)
+    model, window = _model(kind, len(tok), len(layout.ids))
+    masks = [[], *([r] for r in layout.ranges.values()), [layout.ranges[(1, 0)], layout.ranges[(1, 2)]]]
+    batched = LikelihoodEngine(model, max_batch_size=4, max_batch_tokens=10**6, masked_packed=False)
+    pre = batched.prefill(layout.ids, answer)
+    expected = batched.masked_answer_logprobs(pre, masks)
+    ids = layout.ids + list(answer)
+    ref = torch.stack([_reference(model, ids, len(answer), m, window, kind == "gemma3-hybrid") for m in masks])
+    assert torch.allclose(expected, ref, atol=1e-5)
+    n, p = len(answer), len(layout.ids) - 1
+    for kw, per_pass in [({"max_packed_tokens": 10**6, "max_batch_tokens": 10**6}, len(masks)),  # all rows
+                         ({"max_packed_tokens": 1}, 1), ({"max_batch_tokens": 1}, 1),  # one row per pass
+                         ({"max_packed_tokens": 3 * n, "max_batch_tokens": 10**6}, 3),
+                         ({"max_packed_tokens": 10**6, "max_batch_tokens": p + 2 * n}, 2)]:
+        engine = LikelihoodEngine(model, **kw)
+        shapes = []
+        real = engine._forward
+
+        def spy(input_ids, cost, cache=None, _real=real, _shapes=shapes, **k):
+            _shapes.append(tuple(input_ids.shape))
+            return _real(input_ids, cost, cache=cache, **k)
+
+        engine._forward = spy
+        got = engine.masked_answer_logprobs(pre, masks)
+        assert torch.allclose(got, expected, atol=1e-5), (kw, (got - expected).abs().max())
+        assert torch.allclose(got, ref, atol=1e-5), (kw, (got - ref).abs().max())
+        extra = 1 if window is not None else 0  # the prompt-only pass that sliding layers need
+        assert len(shapes) == extra + math.ceil(len(masks) / per_pass), kw
+        assert all(s[0] == 1 and s[1] <= per_pass * n for s in shapes[extra:]), (kw, shapes)
 
 
 def test_masked_rows_share_the_prompt_cache_without_copying_it(tiny, tok, sources):
