@@ -95,6 +95,35 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+README = HERE.parent / "README.md"
+MARKERS = ("<!-- chain-prompt:start -->", "<!-- chain-prompt:end -->")
+
+
+def render(saved: dict[str, Any]) -> str:
+    """The README block for a committed result file: one row per arm, from its summary."""
+    s, st = saved["summary"], saved["settings"]
+    n = s["examples"]
+    lines = [f"{st['model']}, {n} HotpotQA dev questions, {st['max_docs']} paragraphs, the model's own answers "
+             f"(strategy {st['strategy']}); chance {s['chance_rate']:.2f}.", "",
+             "| scored under | first citation gold | no citation | top LOO document gold | supported |",
+             "|---|---|---|---|---|"]
+    for arm, label in (("chain", "the chain's own prompt (`prompt=`)"), ("fixed", "the fixed template")):
+        a = s[arm]
+        lines.append(f"| {label} | {a['first_citation_gold_rate']:.2f} | {a['no_citation']} of {n} | "
+                     f"{a['top_document_gold_rate']:.2f} | {a['supported']} of {n} |")
+    p = s["paired"]
+    lines += ["", f"Paired: the top document differs in {p['top_document_differs']} of {n}; a gold first citation "
+                  f"under one prompt only: chain {p['hit_chain_only']}, fixed {p['hit_fixed_only']}; a gold top "
+                  f"document under one only: chain {p['top_hit_chain_only']}, fixed {p['top_hit_fixed_only']}."]
+    return "\n".join(lines)
+
+
+def write_readme(path: Path, readme: Path = README) -> None:
+    text = readme.read_text()
+    start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
+    readme.write_text(text[:start] + "\n" + render(json.loads(path.read_text())) + "\n" + text[end:])
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from benchmarks.common import DEFAULT_HOTPOT, answer_digest, hotpot_examples
 
@@ -110,7 +139,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--tiny", action="store_true", help="a tiny random model (a smoke test of the script only)")
+    ap.add_argument("--readme", metavar="RESULT_JSON", help="only rewrite the README block from this result file")
     args = ap.parse_args(argv)
+    if args.readme:
+        write_readme(Path(args.readme))
+        return json.loads(Path(args.readme).read_text())["summary"]
 
     from langchain_attribot import AttribotCitations, ChainPrompt, ChatAttribot
 
