@@ -230,22 +230,9 @@ class LikelihoodEngine:
         return base, ablated
 
     def _run_halving(self, batch: list[_Row], cache, full, answer, cost: Cost) -> list[torch.Tensor]:
-        """Run a batch; on out-of-memory, free what we can and retry each half, down to one row."""
-        try:
-            return self._run_batch(batch, cache, full, answer, cost)
-        except torch.OutOfMemoryError as exc:
-            if len(batch) == 1:
-                raise OutOfMemory(
-                    f"out of memory scoring one ablation of a {len(batch[0].ids)}-token sequence: use shorter or "
-                    "fewer sources, a smaller model, or a device with more memory"
-                ) from exc
-        # Retry outside the except block: the live exception's traceback holds the failed pass's
-        # frames and their tensors, which empty_cache() could not free.
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        mid = len(batch) // 2
-        return (self._run_halving(batch[:mid], cache, full, answer, cost)
-                + self._run_halving(batch[mid:], cache, full, answer, cost))
+        """Run a batch; on out-of-memory, retry each half, down to one row."""
+        return _halving(lambda rows: self._run_batch(rows, cache, full, answer, cost), batch, list.__add__,
+                        f"ablation of a {len(batch[0].ids)}-token sequence")
 
     @torch.inference_mode()
     def prefill(self, prompt: Sequence[int], answer: Sequence[int], *, cost: Cost | None = None,
@@ -359,22 +346,10 @@ class LikelihoodEngine:
 
     def _masked_halving(self, base, full: list[int], p: int, rows: list[list[tuple[int, int]]],
                         cost: Cost, packed: bool = False) -> torch.Tensor:
-        """Run masked rows; on out-of-memory, free what we can and retry each half, down to one row."""
-        try:
-            if packed:
-                return self._masked_packed(base, full, p, rows, cost)
-            return self._masked_batch(base, full, p, rows, cost)
-        except torch.OutOfMemoryError as exc:
-            if len(rows) == 1:
-                raise OutOfMemory(
-                    f"out of memory scoring one masked ablation of a {len(full)}-token sequence: use shorter or "
-                    "fewer sources, a smaller model, or a device with more memory"
-                ) from exc
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        mid = len(rows) // 2
-        return torch.cat([self._masked_halving(base, full, p, rows[:mid], cost, packed),
-                          self._masked_halving(base, full, p, rows[mid:], cost, packed)])
+        """Run masked rows; on out-of-memory, retry each half, down to one row."""
+        run = self._masked_packed if packed else self._masked_batch
+        return _halving(lambda part: run(base, full, p, part, cost), rows, lambda a, b: torch.cat([a, b]),
+                        f"masked ablation of a {len(full)}-token sequence")
 
     def _masked_cache(self, base, b: int):
         """A cache over the ``base`` prompt positions for ``b`` rows (expanded views, no copy)."""
@@ -580,6 +555,25 @@ def _masked_rows(masks: Sequence[Sequence[tuple[int, int]]], limit: int) -> list
             row.append((r[0], r[1]))
         rows.append(row)
     return rows
+
+
+def _halving(run, items: list, combine, what: str):
+    """``run(items)``; on out-of-memory, free what we can and ``combine`` the runs of each half,
+    down to one item (``what`` names one item in the error)."""
+    try:
+        return run(items)
+    except torch.OutOfMemoryError as exc:
+        if len(items) == 1:
+            raise OutOfMemory(
+                f"out of memory scoring one {what}: use shorter or fewer sources, a smaller model, or a "
+                "device with more memory"
+            ) from exc
+    # Retry outside the except block: the live exception's traceback holds the failed pass's
+    # frames and their tensors, which empty_cache() could not free.
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    mid = len(items) // 2
+    return combine(_halving(run, items[:mid], combine, what), _halving(run, items[mid:], combine, what))
 
 
 def _check_nonempty(prompt: Sequence[int], answer: Sequence[int]) -> None:
