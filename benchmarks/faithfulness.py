@@ -129,6 +129,20 @@ def default_method_key(methods: Sequence[Method], has_proxy: bool) -> str | None
 
 
 # ------------------------------------------------------------------------------------ gold cache
+# PromptTemplate fields added after results were recorded: at their default they change no prompt, so they stay
+# out of the fingerprint and gold keys (which would otherwise discard hours of cached gold and records).
+_LATER_TEMPLATE_FIELDS = ("messages",)
+
+
+def template_key(template: PromptTemplate) -> str:
+    """The template as the fingerprint and gold keys see it: its repr without later fields left at default."""
+    text = repr(template)
+    for name in _LATER_TEMPLATE_FIELDS:
+        if getattr(template, name) is None:
+            text = text.replace(f", {name}=None", "")
+    return text
+
+
 def _sources_digest(sources: Sequence[Source]) -> str:
     payload = [[s.id, s.title, [x.text for x in s.sentences], s.text] for s in sources]
     return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()[:16]
@@ -166,10 +180,13 @@ def flat_scores(result) -> tuple[list[float], list[bool]]:
 
 def run_strategy(att: Attributor, strat: Strategy, ex: dict, answer: str) -> MethodRun:
     """One attribot-rag strategy on the given answer."""
-    res = att.attribute(ex["question"], ex["sources"], answer, strategy=strat)
+    # Leave-one-out attribution only: the context-support passes (the verdicts' lift and sufficiency, the same
+    # for every method) are skipped, so rows stay comparable with rows timed before those passes existed.
+    res = att.attribute(ex["question"], ex["sources"], answer, strategy=strat, context_support=False)
     scores, scored = flat_scores(res)
     return MethodRun(scores, res.timing["total_seconds"], res.timing["models"],
-                     {"n_scored": int(sum(scored)), "dropped_sources": [s.id for s in res.dropped_sources]})
+                     {"n_scored": int(sum(scored)), "dropped_sources": [s.id for s in res.dropped_sources],
+                      "passes": res.timing.get("passes")})
 
 
 # --------------------------------------------------------------------------------------- metrics
@@ -201,8 +218,11 @@ METRIC_COLUMNS = [  # (metric key, column header, applies to HotpotQA only)
 ]
 
 
-def aggregate(rows: list[dict], naive_seconds: dict[str, float]) -> dict[str, Any]:
-    """Means over one method's per-example rows (undefined values skipped and counted)."""
+def aggregate(rows: list[dict], naive_seconds: dict[tuple[str, str], float]) -> dict[str, Any]:
+    """Means over one method's per-example rows (undefined values skipped and counted).
+
+    ``naive_seconds`` is keyed by (example, CPU): a speed-up divides times taken on one machine only.
+    """
     ok = [r for r in rows if r.get("error") is None and r.get("metrics") is not None]
     out: dict[str, Any] = {"examples": len(ok), "errors": len(rows) - len(ok),
                            "error_messages": sorted({r["error"] for r in rows if r.get("error")})}
@@ -221,10 +241,14 @@ def aggregate(rows: list[dict], naive_seconds: dict[str, float]) -> dict[str, An
             for k in ("forward_passes", "forward_tokens", "seconds")}
         for m in names
     }
-    pairs = [(naive_seconds[r["example"]], r["seconds"]) for r in ok if r["example"] in naive_seconds]
+    pairs = [(naive_seconds[(r["example"], r["cpu"])], r["seconds"]) for r in ok
+             if (r["example"], r["cpu"]) in naive_seconds]
+    out["timed_on"] = dict(Counter(r["cpu"] for r in ok))
     out["speedup_vs_naive"] = (float(np.mean([a for a, _ in pairs]) / np.mean([b for _, b in pairs]))
                                if pairs else float("nan"))
     out["speedup_examples"] = len(pairs)
+    per = sorted(a / b for a, b in pairs if b > 0)
+    out["speedup_spread"] = ({"min": per[0], "median": float(np.median(per)), "max": per[-1]} if per else None)
     ratios = [r["seconds"] / r["generation_seconds"] for r in ok if r.get("generation_seconds")]
     out["attribution_over_generation"] = float(np.mean(ratios)) if ratios else float("nan")
     return out
@@ -243,7 +267,7 @@ class Runner:
         self.dtype = dtype_name(resolve_dtype(args.dtype))
         self.gold_dtype = dtype_name(resolve_dtype(args.gold_dtype)) if args.gold_dtype else self.dtype
         self.template = PromptTemplate()
-        self.template_repr = repr(self.template)
+        self.template_repr = template_key(self.template)
         self.has_proxy = bool(args.proxy)
         budgets = [int(x) for x in args.contextcite_ablations.split(",") if x.strip()]
         every = all_methods(self.has_proxy, budgets)
@@ -463,7 +487,11 @@ def render_table(summary: dict) -> str:
                 cell += f" (n={v['used']})"
             cells.append(cell)
         toks = ", ".join(f"{m}: {v['forward_tokens']:,.0f}" for m, v in row["models"].items()) or "0"
-        cells += [_fmt(row["seconds"], 2), _fmt(row["cpu_seconds"], 2), toks, _fmt(row["speedup_vs_naive"], 1),
+        speedup = _fmt(row["speedup_vs_naive"], 1)
+        spread = row.get("speedup_spread")
+        if spread and row.get("speedup_examples", 0) > 1:  # per-example naive / method ratios
+            speedup += f" ({spread['min']:.1f}-{spread['max']:.1f}, n={row['speedup_examples']})"
+        cells += [_fmt(row["seconds"], 2), _fmt(row["cpu_seconds"], 2), toks, speedup,
                   _fmt(row["attribution_over_generation"], 1), "yes" if key in summary["pareto"]["front"] else ""]
         if row["errors"]:
             cells[0] += f" ({row['errors']} failed)"
@@ -508,6 +536,13 @@ def render_markdown(summary: dict) -> str:
     ]
     if s["naive_note"]:
         lines += ["", s["naive_note"]]
+    machines_of = Counter(cpu for row in s["methods"].values() for cpu in (row.get("timed_on") or {}))
+    if len(machines_of) > 1:  # rows timed on different machines: their seconds do not compare across machines
+        per = {cpu: [row["label"] for row in s["methods"].values() if cpu in (row.get("timed_on") or {})]
+               for cpu in machines_of}
+        lines += ["", "Timed on several machines (seconds compare only within one; speed-ups over naive and time "
+                  "over generation divide times taken on one machine): " + "; ".join(
+                      f"{cpu}: {', '.join(labels)}" for cpu, labels in per.items()) + "."]
     if s.get("dtype_effect"):
         lines += ["", M.dtype_effect_text(s)]
     others = s["pareto"].get("by_metric", {})
@@ -597,6 +632,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="engine computing gold LOO (all give the same scores; 'exact' is the naive reference)")
     ap.add_argument("--naive-subset", type=int, default=None,
                     help="with --gold-engine other than exact: time naive exact LOO on the first N examples only")
+    ap.add_argument("--on-answer-change", choices=["restart", "skip"], default="restart",
+                    help="a resumed example whose regenerated answer differs from its record: start it over "
+                         "(new gold, every method) or skip it")
     ap.add_argument("--batch-size", type=int, default=None, help="engine rows per batched pass (default: engine's)")
     ap.add_argument("--squad-passages", type=int, default=10,
                     help="SQuAD: documents per example (gold paragraph + others of its article); 0 = whole article")
@@ -654,9 +692,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 answer = runner.att.generate(ex["question"], ex["sources"], max_new_tokens=args.max_new_tokens)
                 gen = time.perf_counter() - t0
                 if meta is not None and answer_digest(answer) != meta["answer_sha256"]:
+                    if args.on_answer_change == "skip":
+                        log(f"[{i + 1}/{len(examples)}] {ex['id']}: the regenerated answer differs from the "
+                            "recorded one (another thread count, library version or machine?): skipped")
+                        continue
                     log(f"[{i + 1}/{len(examples)}] {ex['id']}: the regenerated answer differs from the recorded "
                         "one (another thread count, library version or machine?): the example starts over")
                     meta = None
+                else:
+                    record({"fingerprint": fingerprint, "example": ex["id"], "method": f"__generation__ {_cpu_model()}",
+                            "answer_sha256": answer_digest(answer), "seconds": gen, "cpu": _cpu_model(),
+                            "torch_threads": torch.get_num_threads()})
                 if meta is None:
                     enc = runner.att.encode(ex["question"], ex["sources"], answer)
                     meta = {"fingerprint": fingerprint, "example": ex["id"], "method": "__example__",
@@ -688,13 +734,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
                     if run is None and err is None:
                         continue  # skipped by design (outside the naive subset)
                     r = {"fingerprint": fingerprint, "example": ex["id"], "method": m.key, "answer_sha256": digest,
-                         "error": err,
+                         "error": err, "cpu": _cpu_model(), "torch_threads": torch.get_num_threads(),
                          "load_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
                          "scores": run.scores if run else None, "seconds": run.seconds if run else None,
                          "models": run.models if run else {}, "extra": run.extra if run else {}}
                     record(r)
                     log(f"    {m.key:<16} " + (f"{r['seconds']:8.2f}s" if err is None else f"FAILED {err[:120]}"))
-                r = dict(r, generation_seconds=meta["generation_seconds"])
+                # Records older than the "cpu" field ran on the machine of their example's first record.
+                cpu = r.get("cpu") or (meta.get("machine") or {}).get("cpu") or "?"
+                gen = done.get((ex["id"], f"__generation__ {cpu}"))
+                same = (meta.get("machine") or {}).get("cpu", cpu) == cpu
+                r = dict(r, cpu=cpu, generation_seconds=gen["seconds"] if gen else (
+                    meta["generation_seconds"] if same else None))  # never a ratio across machines
                 if r["error"] is None:
                     if len(r["scores"]) != len(gold["scores"]):
                         r["error"] = f"{len(r['scores'])} scores for {len(gold['scores'])} sentences"
@@ -755,7 +806,8 @@ def _json_default(x: Any) -> Any:
 def summarize(args: argparse.Namespace, runner: Runner, dataset: str, examples: list[dict],
               per_example: list[dict], rows: dict[str, list[dict]]) -> dict:
     """The run's JSON: settings, machine, aggregated table, Pareto front and per-example detail."""
-    naive_seconds = {r["example"]: r["seconds"] for r in rows.get("naive-exact", []) if r.get("error") is None}
+    naive_seconds = {(r["example"], r["cpu"]): r["seconds"] for r in rows.get("naive-exact", [])
+                     if r.get("error") is None}
     methods = {}
     for m in runner.methods:
         agg = aggregate(rows[m.key], naive_seconds)

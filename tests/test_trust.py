@@ -54,6 +54,24 @@ def test_context_support_equals_independent_uncached_passes(tiny, sources):
     assert res.timing["context_support"]["forward_passes"] >= 1
 
 
+def test_context_support_false_skips_the_passes_and_keeps_the_loo_scores(tiny, sources):
+    """Ranking only: no support passes, the same LOO scores, verdicts from LOO alone (supported is None)."""
+    from attribot_rag import ConfigError
+
+    att = Attributor(tiny, strategy="batched")
+    full = att.attribute(Q, sources, A)
+    bare = att.attribute(Q, sources, A, context_support=False)
+    assert bare.support is None and bare.supported is None and bare.to_dict()["support"] is None
+    assert bare.timing["context_support"]["forward_passes"] == 0
+    work = lambda r: {m: (c["forward_passes"], c["forward_tokens"]) for m, c in r.timing["models"].items()}  # noqa: E731
+    assert work(bare) == work(full)  # support passes were never counted as LOO work
+    for rf, rb in zip(full.sentence_scores, bare.sentence_scores):
+        assert [x.score for x in rb] == pytest.approx([x.score for x in rf], abs=1e-5)
+    assert bare.decisions().used == bare.decisions(DEFAULT_RULE).used
+    with pytest.raises(ConfigError, match="context_support"):
+        att.attribute(Q, sources, A, context_support="no")
+
+
 def test_no_documents_prompt_holds_no_source_text(tok, sources):
     text = PromptBuilder(tok).prompt_text(Q, [split_source(s) for s in sources])
     empty = "".join(PromptBuilder(tok).tokenizer.decode(PromptBuilder(tok).encode_prompt(Q, sources, keep=())))
