@@ -699,7 +699,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                     log(f"[{i + 1}/{len(examples)}] {ex['id']}: the regenerated answer differs from the recorded "
                         "one (another thread count, library version or machine?): the example starts over")
                     meta = None
-                else:
+                elif meta is not None:  # the recorded answer again: this machine's generation time, for ratios here
                     record({"fingerprint": fingerprint, "example": ex["id"], "method": f"__generation__ {_cpu_model()}",
                             "answer_sha256": answer_digest(answer), "seconds": gen, "cpu": _cpu_model(),
                             "torch_threads": torch.get_num_threads()})

@@ -64,6 +64,7 @@ def render(runs: dict[str, dict]) -> str:
     for _, name in shown:
         head += [f"{name} {label}" for _, label in TABLE_METRICS] + [f"{name} s / example"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    elsewhere: dict[str, str] = {}  # method label -> the CPU that timed it, when not the run's own
     for k in keys:
         label = first["methods"][k]["label"] + (" **(default)**" if k == default else "")
         cells = [label]
@@ -72,9 +73,18 @@ def render(runs: dict[str, dict]) -> str:
             if m is None:
                 cells += ["n/a"] * (len(TABLE_METRICS) + 1)
                 continue
-            cells += [_num(m[metric]["mean"]) for metric, _ in TABLE_METRICS] + [_num(m["seconds"], 1)]
+            cpu = _timed_on(m)
+            mark = ""
+            if cpu and cpu != runs[ds]["machine"]["cpu"]:
+                mark, elsewhere[m["label"]] = " †", cpu
+            cells += [_num(m[metric]["mean"]) for metric, _ in TABLE_METRICS] + [_num(m["seconds"], 1) + mark]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    if elsewhere:
+        cpus = sorted(set(elsewhere.values()))
+        lines.append(f"† timed on another machine ({', '.join(cpus)}) than the other rows "
+                     f"({first['machine']['cpu']}): compare its seconds only with the same-machine timing below.")
+        lines.append("")
     for ds, name in DATASETS:
         if ds not in runs:
             lines.append(f"- **{name}**: not run yet for this setting.")
@@ -96,6 +106,12 @@ def render(runs: dict[str, dict]) -> str:
             + "; ".join(verdicts) + ". " + _key_figures(r, default)
         )
     return "\n".join(lines)
+
+
+def _timed_on(method: dict) -> str | None:
+    """The CPU that timed most of a method's examples (``None`` for results older than the field)."""
+    counts = method.get("timed_on") or {}
+    return max(counts, key=counts.get) if counts else None
 
 
 def _key_figures(r: dict, default: str) -> str:
@@ -120,6 +136,58 @@ def _key_figures(r: dict, default: str) -> str:
     if r.get("dtype_effect"):
         out.append(dtype_effect_text(r))
     return " ".join(out)
+
+
+# ----------------------------------------------------------------------- issue #17: speed goals on one machine
+TIMING = "timing_same_machine"  # subfolder: the same-machine timing runs (naive, default, new methods)
+GOAL_SPEEDUP = 20.0  # >= 20x faster than naive exact LOO ...
+# ... at outlier mAP no lower than the default's, and attribution <= the answer's generation time
+
+
+def render_goals(target: str, proxy: str | None, results: Path = RESULTS) -> str:
+    """Speed-ups over naive exact LOO and time over generation, every row timed on one machine, beside
+    each method's outlier mAP over all the faithfulness run's examples; the issue's goals checked."""
+    main_runs = load(target, proxy, results)
+    timing = load(target, proxy, results / TIMING)
+    lines: list[str] = []
+    for ds, name in DATASETS:
+        if ds not in timing:
+            lines += [f"**{name}**: no same-machine timing run yet.", ""]
+            continue
+        t, r = timing[ds], main_runs.get(ds)
+        default = t["default_method"]
+        full = r["methods"] if r else {}
+        d_ap = full.get(default, {}).get("outlier_ap", {}).get("mean", float("nan"))
+        threads = t["machine"]["torch_threads"]
+        lines += [
+            f"**{name}** ({t['examples']} examples timed on {t['machine']['cpu']}, {threads} torch "
+            f"thread{'' if threads == 1 else 's'}, mean 1-min load {_num(t['mean_load_1m'], 1)} on "
+            f"{t['machine']['cpu_count']} cores; generation {t['generation_seconds']:.1f} s / example there; "
+            f"outlier mAP over the faithfulness run's {r['examples'] if r else 'n/a'} examples):",
+            "",
+            "| method | outlier mAP | s / example | CPU s / example | forward tokens / example | x vs naive "
+            "(mean; min-max) | attribution / generation | >= 20x at mAP >= default | <= generation |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for k, m in t["methods"].items():
+            ap = full.get(k, {}).get("outlier_ap", {}).get("mean", float("nan"))
+            sp, spread, gen = m["speedup_vs_naive"], m.get("speedup_spread"), m["attribution_over_generation"]
+            toks = sum(v["forward_tokens"] for v in m["models"].values())
+            x = _num(sp, 1) + (f" ({spread['min']:.1f}-{spread['max']:.1f})" if spread else "")
+            fast = sp >= GOAL_SPEEDUP
+            good = ap == ap and d_ap == d_ap and round(ap, 3) >= round(d_ap, 3)  # x == x: not NaN
+            goal1 = "yes" if fast and good else ("no: " + " and ".join(
+                ([f"{sp:.1f}x" if sp == sp else "not timed"] if not fast else [])
+                + ([f"mAP {_num(ap)} < {_num(d_ap)}"] if not good else [])))
+            goal2 = "yes" if gen <= 1 else f"no: {gen:.1f}x"
+            label = m["label"] + (" **(default)**" if k == default else "")
+            lines.append(f"| {label} | {_num(ap)} | {_num(m['seconds'], 1)} | {_num(m['cpu_seconds'], 1)} | "
+                         f"{toks:,.0f} | {x} | {_num(gen, 1)} | {goal1} | {goal2} |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+GOALS_BLOCK = "speed-goals"
 
 
 def splice(readme: str, block: str, setting: str) -> str:
@@ -154,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     if not names:
         raise SystemExit(f"no faithfulness-table block in {readme_path}" if readme else f"no results in {results}")
     blocks = {name: render(load(*SETTINGS[name], results=results)) for name in names}
+    if readme and markers(GOALS_BLOCK)[0] in readme:  # the cross-tokenizer setting's same-machine timing
+        blocks[GOALS_BLOCK] = render_goals(*SETTINGS["cross-tokenizer"], results=results)
     if not (args.write or args.check):
         print("\n\n".join(f"{name}:\n{block}" for name, block in blocks.items()))
         return 0
