@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     cite.add_argument("--html", default=None, metavar="FILE",
                       help="also write the visual citations (answer with markers, highlighted sources) to FILE")
     cite.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    cite.add_argument("--no-context-support", action="store_true",
+                      help="skip the context-support passes (faster; ranking only: no 'supported' verdict, "
+                           "sources are used by the leave-one-out thresholds alone)")
 
     models = sub.add_parser("models", help="list or pull the embedded models")
     msub = models.add_subparsers(dest="action", required=True)
@@ -79,7 +82,8 @@ def _cite(args) -> int:
         args.target, args.proxy, strategy=args.strategy, device=args.device, dtype=args.dtype,
         overflow=args.overflow, progress=not args.no_progress and not args.json,
     )
-    result = attributor.attribute(question, docs, args.answer, max_new_tokens=args.max_new_tokens)
+    result = attributor.attribute(question, docs, args.answer, max_new_tokens=args.max_new_tokens,
+                                  context_support=not args.no_context_support)
     if args.html:
         try:
             path = save_html(result, args.html, top_k=args.top_k)

@@ -44,6 +44,19 @@ def test_cite_json_is_stable(capsys, model_dir, docs_file):
     assert all(set(s) == {"id", "score", "share", "used"} for s in d["sources"])
 
 
+def test_cite_without_context_support_ranks_only(capsys, model_dir, docs_file):
+    args = ("--docs", str(docs_file), "--answer", "Gustave Eiffel built it.", "--json", "--strategy", "batched")
+    code, out = _cite(capsys, model_dir, *args, "--no-context-support")
+    assert code == 0, out.err
+    bare = json.loads(out.out)
+    code, out = _cite(capsys, model_dir, *args)
+    full = json.loads(out.out)
+    assert bare["supported"] is None and full["supported"] is False  # no verdict without the passes
+    passes = [d["timing"]["context_support"]["forward_passes"] for d in (bare, full)]
+    assert passes[0] == 0 < passes[1]
+    assert [s["score"] for s in bare["sources"]] == pytest.approx([s["score"] for s in full["sources"]], abs=1e-5)
+
+
 def test_cite_table_generates_answer(capsys, model_dir, docs_file):
     code, out = _cite(capsys, model_dir, "--docs", str(docs_file), "--max-new-tokens", "6")
     assert code == 0, out.err
