@@ -495,6 +495,8 @@ def render_table(summary: dict) -> str:
                   _fmt(row["attribution_over_generation"], 1), "yes" if key in summary["pareto"]["front"] else ""]
         if row["errors"]:
             cells[0] += f" ({row['errors']} failed)"
+        elif row["examples"] < summary["examples"]:  # --allow-missing: fewer examples than the table
+            cells[0] += f" ({row['examples']} of {summary['examples']} examples)"
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -632,6 +634,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="engine computing gold LOO (all give the same scores; 'exact' is the naive reference)")
     ap.add_argument("--naive-subset", type=int, default=None,
                     help="with --gold-engine other than exact: time naive exact LOO on the first N examples only")
+    ap.add_argument("--allow-missing", default="",
+                    help="with --complete-only: comma-separated methods whose missing records do not drop an "
+                         "example (they report over the examples they have, and their label says how many)")
     ap.add_argument("--on-answer-change", choices=["restart", "skip"], default="restart",
                     help="a resumed example whose regenerated answer differs from its record: start it over "
                          "(new gold, every method) or skip it")
@@ -682,6 +687,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for i, ex in enumerate(examples):
             meta = done.get((ex["id"], "__example__"))
             missing = ["answer"] if meta is None else missing_work(runner, done, ex, i, meta["answer_sha256"])
+            optional = {k.strip() for k in args.allow_missing.split(",") if k.strip()}
+            if args.complete_only and optional and meta is not None and set(missing) <= optional:
+                missing = []  # --allow-missing: those methods report over the examples they have
             if args.complete_only and missing:
                 log(f"[{i + 1}/{len(examples)}] {ex['id']} skipped (--complete-only): "
                     + ("no answer yet" if meta is None else f"missing {', '.join(missing)}"))
@@ -722,6 +730,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 r = done.get((ex["id"], m.key))
                 if r is not None and r.get("answer_sha256") != digest:
                     r = None  # it scored another answer
+                if r is None and args.complete_only:
+                    continue  # --allow-missing: this method has no record of this example
                 if r is None:
                     try:
                         cpu = time.process_time()
@@ -836,6 +846,12 @@ def summarize(args: argparse.Namespace, runner: Runner, dataset: str, examples: 
     n_no_outliers = sum(1 for e in per_example if not e["gold_outliers"])
     loads = [r["load_1m"] for rs in rows.values() for r in rs if r.get("load_1m") is not None]
     machine, n_machines = run_machine([e.get("machine") for e in per_example])
+    # The methods' records name the CPU that timed them; where they agree, that is the table's machine (an
+    # example's first record may come from another machine than the rows re-timed here).
+    timed = {r["cpu"] for rs in rows.values() for r in rs if r.get("error") is None}
+    threads = {r["torch_threads"] for rs in rows.values() for r in rs if r.get("torch_threads")}
+    if len(timed) == 1 and timed != {machine.get("cpu")}:
+        machine = dict(machine, cpu=timed.pop(), torch_threads=threads.pop() if len(threads) == 1 else None)
     tokenizer_paths = {e.get("proxy_tokenizer") for e in per_example} - {None}
     proxy_tokenizer = tokenizer_paths.pop() if len(tokenizer_paths) == 1 else (
         sorted(tokenizer_paths) if tokenizer_paths else None)

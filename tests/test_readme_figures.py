@@ -74,9 +74,13 @@ def test_llamaindex_query_engine_figures():
 
 
 def test_memory_and_throughput_figures():
-    m = _load(ROOT / "benchmarks" / "results" / "peak_memory_smollm2-135m.json")
-    assert f"**{m['peak_extra_mib']:.0f} MiB**" in README and f"({m['peak_rss_mib']:.0f} MiB in all)" in README
-    assert f"One {m['sequence_tokens']:,}-token prompt ({m['sources']} HotpotQA paragraphs)" in README
+    results = ROOT / "benchmarks" / "results"
+    m = _load(results / "peak_memory_smollm2-135m.json")
+    table = (results / "peak_memory_smollm2-135m.md").read_text(encoding="utf-8").strip()
+    assert table in README  # the generated table, every strategy's row
+    for run in m["runs"]:
+        assert f"`{run['strategy']}`" in table and f"{run['peak_extra_mib']:.0f} MiB" in table
+    assert f"One {m['sequence_tokens']:,}-token prompt ({m['sources']} HotpotQA paragraphs" in README
     throughput = _load(ROOT / "benchmarks" / "results" / "batch_throughput_smollm2-135m.json")
     runs = {r["setting"]: r for r in throughput["runs"]}
     for name, label in (("local-1t", "local, 1 process x 1 torch thread"),
