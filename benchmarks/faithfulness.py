@@ -767,6 +767,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
             per_example.append({
                 "id": ex["id"], "answer_sha256": digest,  # ids and digests only: the data stays in ../shared/data
                 "generation_seconds": meta["generation_seconds"], "answer_tokens": meta["answer_tokens"],
+                "generation_seconds_by_cpu": {  # this answer's generation timed on each machine
+                    **{(meta.get("machine") or {}).get("cpu", "?"): meta["generation_seconds"]},
+                    **{k[1].split(" ", 1)[1]: v["seconds"] for k, v in done.items()
+                       if k[0] == ex["id"] and k[1].startswith("__generation__ ")}},
                 "prompt_tokens": meta["prompt_tokens"], "sentences": meta["sentences"],
                 "documents": meta["documents"], "proxy_tokenizer": meta.get("proxy_tokenizer"),
                 "machine": meta.get("machine"), "gold_documents": sorted(ex["gold_documents"]),
@@ -859,6 +863,11 @@ def summarize(args: argparse.Namespace, runner: Runner, dataset: str, examples: 
     def mean_of(key: str) -> float:
         return float(np.mean([e[key] for e in per_example])) if per_example else float("nan")
 
+    # the answers' generation time on the table's machine, where each was timed there
+    on_machine = [e.get("generation_seconds_by_cpu", {}).get(machine["cpu"]) for e in per_example]
+    generation = (float(np.mean(on_machine)) if on_machine and all(g is not None for g in on_machine)
+                  else mean_of("generation_seconds"))
+
     return {
         "benchmark": "faithfulness", "dataset": dataset, "data": args.data,
         "examples": len(per_example), "examples_requested": len(examples),
@@ -870,7 +879,7 @@ def summarize(args: argparse.Namespace, runner: Runner, dataset: str, examples: 
         "mean_documents": mean_of("documents"),
         "gold_cached": sum(1 for e in per_example if e["gold"]["cached"]),
         "proxy_tokenizer": proxy_tokenizer, "machine": machine, "machines": n_machines,
-        "load_seconds": runner.load_seconds, "generation_seconds": mean_of("generation_seconds"),
+        "load_seconds": runner.load_seconds, "generation_seconds": generation,
         "mean_answer_tokens": mean_of("answer_tokens"), "mean_prompt_tokens": mean_of("prompt_tokens"),
         "mean_sentences": mean_of("sentences"), "examples_without_outliers": n_no_outliers,
         "mean_load_1m": float(np.mean(loads)) if loads else float("nan"),

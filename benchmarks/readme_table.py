@@ -144,11 +144,14 @@ GOAL_SPEEDUP = 20.0  # >= 20x faster than naive exact LOO ...
 # ... at outlier mAP no lower than the default's, and attribution <= the answer's generation time
 
 
-def render_goals(target: str, proxy: str | None, results: Path = RESULTS) -> str:
+def load_goals(target: str, proxy: str | None, results: Path = RESULTS) -> tuple[dict, dict]:
+    """The faithfulness runs and the same-machine timing runs of one setting, by dataset key."""
+    return load(target, proxy, results), load(target, proxy, results / TIMING)
+
+
+def render_goals(main_runs: dict[str, dict], timing: dict[str, dict]) -> str:
     """Speed-ups over naive exact LOO and time over generation, every row timed on one machine, beside
     each method's outlier mAP over all the faithfulness run's examples; the issue's goals checked."""
-    main_runs = load(target, proxy, results)
-    timing = load(target, proxy, results / TIMING)
     lines: list[str] = []
     for ds, name in DATASETS:
         if ds not in timing:
@@ -163,14 +166,15 @@ def render_goals(target: str, proxy: str | None, results: Path = RESULTS) -> str
             f"**{name}** ({t['examples']} examples timed on {t['machine']['cpu']}, {threads} torch "
             f"thread{'' if threads == 1 else 's'}, mean 1-min load {_num(t['mean_load_1m'], 1)} on "
             f"{t['machine']['cpu_count']} cores; generation {t['generation_seconds']:.1f} s / example there; "
-            f"outlier mAP over the faithfulness run's {r['examples'] if r else 'n/a'} examples):",
+            f"outlier mAP over the faithfulness run's examples, {r['examples'] if r else 'n/a'} in all):",
             "",
-            "| method | outlier mAP | s / example | CPU s / example | forward tokens / example | x vs naive "
+            "| method | outlier mAP (examples) | s / example | CPU s / example | forward tokens / example | x vs naive "
             "(mean; min-max) | attribution / generation | >= 20x at mAP >= default | <= generation |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for k, m in t["methods"].items():
             ap = full.get(k, {}).get("outlier_ap", {}).get("mean", float("nan"))
+            n_ap = full.get(k, {}).get("examples")
             sp, spread, gen = m["speedup_vs_naive"], m.get("speedup_spread"), m["attribution_over_generation"]
             toks = sum(v["forward_tokens"] for v in m["models"].values())
             x = _num(sp, 1) + (f" ({spread['min']:.1f}-{spread['max']:.1f})" if spread else "")
@@ -181,7 +185,7 @@ def render_goals(target: str, proxy: str | None, results: Path = RESULTS) -> str
                 + ([f"mAP {_num(ap)} < {_num(d_ap)}"] if not good else [])))
             goal2 = "yes" if gen <= 1 else f"no: {gen:.1f}x"
             label = m["label"] + (" **(default)**" if k == default else "")
-            lines.append(f"| {label} | {_num(ap)} | {_num(m['seconds'], 1)} | {_num(m['cpu_seconds'], 1)} | "
+            lines.append(f"| {label} | {_num(ap)} ({n_ap}) | {_num(m['seconds'], 1)} | {_num(m['cpu_seconds'], 1)} | "
                          f"{toks:,.0f} | {x} | {_num(gen, 1)} | {goal1} | {goal2} |")
         lines.append("")
     return "\n".join(lines).rstrip()
@@ -223,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no faithfulness-table block in {readme_path}" if readme else f"no results in {results}")
     blocks = {name: render(load(*SETTINGS[name], results=results)) for name in names}
     if readme and markers(GOALS_BLOCK)[0] in readme:  # the cross-tokenizer setting's same-machine timing
-        blocks[GOALS_BLOCK] = render_goals(*SETTINGS["cross-tokenizer"], results=results)
+        blocks[GOALS_BLOCK] = render_goals(*load_goals(*SETTINGS["cross-tokenizer"], results=results))
     if not (args.write or args.check):
         print("\n\n".join(f"{name}:\n{block}" for name, block in blocks.items()))
         return 0

@@ -58,3 +58,26 @@ def test_readme_without_markers_is_an_error(tmp_path):
     (tmp_path / "unrelated.json").write_text(json.dumps({}))
     with pytest.raises(FileNotFoundError, match="run benchmarks.faithfulness"):
         readme_table.load("x", None, results=tmp_path)
+
+
+def test_speed_goals_are_checked_from_the_json():
+    """Issue #17's goals: >= 20x over naive (same machine) at outlier mAP >= the default's; <= generation time."""
+    main, timing = readme_table.load_goals("qwen2.5-coder-0.5b", "smollm2-135m")
+    ds = next(iter(timing))
+    edited = copy.deepcopy(timing)
+    masked = edited[ds]["methods"]["masked"]
+    masked.update(speedup_vs_naive=25.0, attribution_over_generation=0.8)
+    default = main[ds]["default_method"]
+    better = copy.deepcopy(main)
+    better[ds]["methods"]["masked"]["outlier_ap"]["mean"] = better[ds]["methods"][default]["outlier_ap"]["mean"]
+    row = next(line for line in readme_table.render_goals(better, edited).splitlines()
+               if line.startswith("| masked LOO, all"))
+    assert row.endswith("| 25.0 (" + row.split("| 25.0 (")[1].split(")")[0] + ") | 0.8 | yes | yes |")
+    worse = copy.deepcopy(better)
+    worse[ds]["methods"]["masked"]["outlier_ap"]["mean"] -= 0.01
+    row = next(line for line in readme_table.render_goals(worse, edited).splitlines()
+               if line.startswith("| masked LOO, all"))
+    assert "| no: mAP " in row and row.endswith("| yes |")
+    # the committed timing: the block names the machine that timed every row
+    text = readme_table.render_goals(main, timing)
+    assert f"timed on {timing[ds]['machine']['cpu']}" in text
