@@ -285,9 +285,10 @@ class LikelihoodEngine:
         per row); ``packed=False`` runs them as batch rows, each its own copy of the cache (up to
         ``max_batch_size`` rows and ``rows x (prompt + answer) <= max_batch_tokens`` per pass).
         Packed chunks hold ``R`` rows of ``n`` new tokens with ``prompt + R x n <= max_batch_tokens``
-        (the cap on one sequence's cached + new tokens) and ``R x n <= max_packed_tokens`` (which
-        bounds the ``R x n x (prompt + R x n)`` mask and attention scores, and the attention
-        computed between rows and thrown away), one row always. Both compute the same numbers (to
+        (the cap on one sequence's cached + new tokens; dropped when the prompt alone leaves no room
+        for one row, which breaks it anyway) and ``R x n <= max_packed_tokens`` (which bounds the
+        ``R x n x (prompt + R x n)`` mask and attention scores, and the attention computed between
+        rows and thrown away), one row always. Both compute the same numbers (to
         ~1e-5 nats in fp32; in bf16 each carries its own rounding, like any two passes).
 
         Returns ``[len(masks), n_answer]`` float32 log-probs on CPU. Needs a model whose attention
@@ -306,7 +307,10 @@ class LikelihoodEngine:
         base = self._masked_base(prefill, p, cost)
         packed = self.masked_packed if packed is None else packed
         if packed:
-            per_pass = max(1, min(self.max_batch_tokens - p, self.max_packed_tokens) // n)
+            room = self.max_batch_tokens - p
+            # A prompt that alone leaves no room under max_batch_tokens breaks that cap with one row already
+            # (its prefill ran anyway): then only max_packed_tokens bounds a pass, not one row per pass.
+            per_pass = max(1, (min(room, self.max_packed_tokens) if room >= n else self.max_packed_tokens) // n)
         else:
             per_pass = max(1, min(self.max_batch_size, self.max_batch_tokens // (p + n + 1)))
         chunks = [list(range(i, min(i + per_pass, len(rows)))) for i in range(0, len(rows), per_pass)]

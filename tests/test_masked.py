@@ -217,9 +217,11 @@ def test_packed_rows_equal_batch_rows_and_the_reference_however_chunked(tok, sou
     assert torch.allclose(expected, ref, atol=1e-5)
     n, p = len(answer), len(layout.ids) - 1
     for kw, per_pass in [({"max_packed_tokens": 10**6, "max_batch_tokens": 10**6}, len(masks)),  # all rows
-                         ({"max_packed_tokens": 1}, 1), ({"max_batch_tokens": 1}, 1),  # one row per pass
+                         ({"max_packed_tokens": 1}, 1), ({"max_batch_tokens": 1, "max_packed_tokens": 1}, 1),
                          ({"max_packed_tokens": 3 * n, "max_batch_tokens": 10**6}, 3),
-                         ({"max_packed_tokens": 10**6, "max_batch_tokens": p + 2 * n}, 2)]:
+                         ({"max_packed_tokens": 10**6, "max_batch_tokens": p + 2 * n}, 2),
+                         # a prompt longer than max_batch_tokens: packing still bounded by max_packed_tokens
+                         ({"max_packed_tokens": 4 * n, "max_batch_tokens": p // 2}, 4)]:
         engine = LikelihoodEngine(model, **kw)
         shapes = []
         real = engine._forward
