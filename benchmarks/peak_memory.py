@@ -13,7 +13,8 @@ passes and tokens of each pass. The high-water mark is reset once the model is l
 
 Resumable: one line per strategy in ``peak_memory_<target>.records.jsonl`` (keyed by the input's
 fingerprint); a finished strategy is never rerun. Writes ``peak_memory_<target>.json`` and the
-table ``peak_memory_<target>.md`` (the README embeds it). ``--readme`` only re-renders.
+table ``peak_memory_<target>.md``; ``--readme`` runs nothing, re-renders both from the records and
+writes the README's block.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ def render(summary: dict) -> str:
     for r in s["runs"]:
         name = f"`{r['strategy']}`" + (" (approximate)" if r.get("approximate") else "")
         if r.get("earlier_run"):
-            name += " (earlier run, no support passes then)"
+            name += " (earlier run: no support passes then, machine not recorded)"
         model = next(iter(r["models"].values()))
         support = "–" if r.get("support_seconds") is None else f"{r['support_seconds']:.1f}"
         cpu = "–" if r.get("cpu_seconds") is None else f"{r['cpu_seconds']:.1f}"
@@ -158,7 +159,8 @@ def render(summary: dict) -> str:
                      f"{goal} |")
     lines += ["", "Attribution s: the strategy's leave-one-out passes; support passes: the context-support passes "
               "every result carries for its verdicts (each source alone vs none), timed apart. Each strategy ran in "
-              "its own process (peak memory is its own)."]
+              "its own process, its resident high-water mark reset once the model was loaded (Linux `clear_refs`); the "
+              "earlier run read it above the loading's own peak."]
     return "\n".join(lines)
 
 
@@ -171,7 +173,8 @@ def main(argv=None) -> None:
     ap.add_argument("--max-batch-tokens", type=int, default=None)
     ap.add_argument("--strategies", default="hierarchical,masked,hierarchical-pruned,masked-rescore")
     ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--readme", action="store_true", help="only re-render the JSON and table from the records")
+    ap.add_argument("--readme", action="store_true",
+                    help="run nothing: re-render the JSON and table from the records, and the README block")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -216,7 +219,20 @@ def main(argv=None) -> None:
     }
     (out / f"peak_memory_{args.target}.json").write_text(json.dumps(summary, indent=1))
     (out / f"peak_memory_{args.target}.md").write_text(render(summary) + "\n")
+    if args.readme:
+        write_readme(render(summary))
     print(render(summary))
+
+
+MARKERS = ("<!-- peak-memory-table:start -->", "<!-- peak-memory-table:end -->")
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def write_readme(block: str, readme: Path = README) -> None:
+    """Replace the README's peak-memory block with ``block`` (the table rendered from the records)."""
+    text = readme.read_text()
+    start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
+    readme.write_text(text[:start] + "\n" + block + "\n" + text[end:])
 
 
 if __name__ == "__main__":

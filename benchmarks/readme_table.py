@@ -67,6 +67,11 @@ def render(runs: dict[str, dict]) -> str:
     elsewhere: dict[str, str] = {}  # method label -> the CPU that timed it, when not the run's own
     for k in keys:
         label = first["methods"][k]["label"] + (" **(default)**" if k == default else "")
+        fewer = [f"{runs[ds]['methods'][k]['examples']} of {runs[ds]['examples']} {name}" for ds, name in shown
+                 if k in runs[ds]["methods"] and 0 < runs[ds]["methods"][k]["examples"] < runs[ds]["examples"]
+                 and k != "naive-exact"]  # naive is timed on a subset by design (said below the table)
+        if fewer:
+            label += f" ({', '.join(fewer)} examples)"
         cells = [label]
         for ds, _ in shown:
             m = runs[ds]["methods"].get(k)
