@@ -28,6 +28,18 @@ def model_dir(tmp_path_factory, tiny):
 
 
 @pytest.fixture
+def tower_docs():
+    """``tower_docs(n)``: n documents of three sentences that differ only by their number."""
+    from attribot_rag import Source
+
+    def make(n: int) -> list:
+        return [Source(f"d{i}", f"Document {i} says tower {i} is tall. It was built in 18{i}9 by crew {i}. "
+                                f"Nobody knows why {i} matters.") for i in range(n)]
+
+    return make
+
+
+@pytest.fixture
 def sources():
     from attribot_rag import Source
 

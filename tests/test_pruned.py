@@ -7,7 +7,7 @@ exact LOO (plain uncached forwards, built by hand) on the prompt holding only th
 import pytest
 import torch
 
-from attribot_rag import Attributor, ConfigError, Cost, LikelihoodEngine, PromptBuilder, Source, Strategy
+from attribot_rag import Attributor, ConfigError, Cost, LikelihoodEngine, PromptBuilder, Strategy
 from attribot_rag.attributor import PRESETS, is_within_kept, within_kept_label
 from attribot_rag.masked import is_approximate
 from attribot_rag.spans import split_source
@@ -17,13 +17,9 @@ ANSWER = "Gustave Eiffel built the tower in 1889. Paris is in France."
 
 
 @pytest.fixture
-def many():
+def many(tower_docs):
     """Eight documents of three sentences: most of the prompt lies after any one kept document."""
-    return [
-        Source(f"d{i}", f"Document {i} says tower {i} is tall. It was built in 18{i}9 by crew {i}. "
-                        f"Nobody knows why {i} matters.")
-        for i in range(8)
-    ]
+    return tower_docs(8)
 
 
 def _logprobs(model, prompt: list[int], answer: list[int]) -> torch.Tensor:

@@ -7,7 +7,7 @@ forward passes (the ``"exact"`` engine mode); the others must keep their first-s
 
 import pytest
 
-from attribot_rag import Attributor, ConfigError, Source, Strategy
+from attribot_rag import Attributor, ConfigError, Strategy
 from attribot_rag.attributor import PRESETS, check_proxy_used
 from attribot_rag.masked import approximate_label, is_approximate
 
@@ -17,12 +17,8 @@ EXACT_ALL = Strategy(level="hierarchical", keep_top_k=None, engine_mode="exact",
 
 
 @pytest.fixture
-def docs():
-    return [
-        Source(f"d{i}", f"Document {i} says tower {i} is tall. It was built in 18{i}9 by crew {i}. "
-                        f"Nobody knows why {i} matters.")
-        for i in range(5)
-    ]
+def docs(tower_docs):
+    return tower_docs(5)
 
 
 def _spans(result):
