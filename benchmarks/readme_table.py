@@ -88,8 +88,9 @@ def render(runs: dict[str, dict]) -> str:
     if elsewhere:
         cpus = sorted(set(elsewhere.values()))
         lines.append(f"† timed on another machine ({', '.join(cpus)}) than the other rows "
-                     f"({first['machine']['cpu']}), with other jobs and thread counts: compare its seconds only with rows "
-                     "timed on the same machine (e.g. the same-machine timing in *Faster than the default?*).")
+                     f"({first['machine']['cpu']}), with other jobs and thread counts: compare its seconds only "
+                     "with rows timed on the same machine (e.g. the same-machine timing in *Faster than the "
+                     "default?*).")
         lines.append("")
     for ds, name in DATASETS:
         if ds not in runs:
