@@ -582,14 +582,13 @@ class Attributor:
         costs: dict[str, Cost] = {}
         docs, sents = self._run(strat, question, hist, srcs, answer, answer_sentences, costs, memo)
         support = None
-        memo["support_cost"] = Cost()
         if context_support:
             support = self._support(strat, question, hist, srcs, answer, answer_sentences, costs, memo)
         timing = {
             "total_seconds": time.perf_counter() - started,
             "generation_seconds": gen_seconds,
             "models": {name: c.to_dict() for name, c in costs.items()},
-            "context_support": memo["support_cost"].to_dict(),
+            "context_support": memo.get("support_cost", Cost()).to_dict(),  # none without the support passes
             "passes": {desc: c.to_dict() for desc, c in memo.get("passes", {}).items()},
             "proxy_tokenizer": self.tokenizer_path if strat.uses_proxy else None,
         }

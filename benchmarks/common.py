@@ -178,3 +178,18 @@ def write_results(out: str | Path, stem: str, summary: dict, markdown: str) -> N
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(summary, indent=2))
     (out / f"{stem}.md").write_text(markdown + "\n")
+
+
+def splice_block(text: str, start: str, end: str, block: str) -> str:
+    """``text`` with what lies between the ``start`` and ``end`` markers replaced by ``block`` (the
+    README blocks every benchmark generates); each marker must occur exactly once."""
+    if text.count(start) != 1 or text.count(end) != 1:
+        raise ValueError(f"README must hold exactly one {start} ... {end} block")
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
+    return f"{head}{start}\n{block}\n{end}{tail}"
+
+
+def write_block(readme: Path, markers: tuple[str, str], block: str) -> None:
+    """Rewrite ``readme``'s block between ``markers`` with ``block``."""
+    readme.write_text(splice_block(readme.read_text(), *markers, block))

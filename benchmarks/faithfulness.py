@@ -769,12 +769,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 "generation_seconds": meta["generation_seconds"], "answer_tokens": meta["answer_tokens"],
                 "generation_seconds_by_cpu": {  # this answer's generation timed on each machine
                     **{(meta.get("machine") or {}).get("cpu", "?"): meta["generation_seconds"]},
-                    **{k[1].split(" ", 1)[1]: v["seconds"] for k, v in done.items()
+                    **{v["cpu"]: v["seconds"] for k, v in done.items()
                        if k[0] == ex["id"] and k[1].startswith("__generation__ ")}},
                 "prompt_tokens": meta["prompt_tokens"], "sentences": meta["sentences"],
                 "documents": meta["documents"], "proxy_tokenizer": meta.get("proxy_tokenizer"),
-                "machine": meta.get("machine"), "gold_documents": sorted(ex["gold_documents"]),
-                "gold_sentences": sorted(ex["gold_sentences"]), "gold": {k: gold[k] for k in (
+                # no gold labels of the data (supporting facts): metrics read them from ../shared/data
+                "machine": meta.get("machine"), "gold": {k: gold[k] for k in (
                     "scores", "seconds", "engine", "cached", "created")},
                 "gold_outliers": np.flatnonzero(M.gold_outliers(gold["scores"])).tolist(), "methods": ex_rows,
             })

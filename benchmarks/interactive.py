@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .common import DEFAULT_HOTPOT, answer_digest, hotpot_examples
+from .common import DEFAULT_HOTPOT, answer_digest, hotpot_examples, write_block
 
 OUT = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -329,9 +329,7 @@ def readme_block(out: Path = OUT, model: str = "smollm2-135m") -> str:
 
 
 def write_readme(out: Path = OUT, readme: Path = README, model: str = "smollm2-135m") -> None:
-    text = readme.read_text()
-    start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
-    readme.write_text(text[:start] + "\n" + readme_block(out, model) + "\n" + text[end:])
+    write_block(readme, MARKERS, readme_block(out, model))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

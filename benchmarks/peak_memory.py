@@ -31,9 +31,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import DEFAULT_HOTPOT, hotpot_examples
+from .common import DEFAULT_HOTPOT, hotpot_examples, write_block
 
 GOAL_SECONDS = 60.0  # issue #17: the 7,702-token input in <= 1 min
+MARKERS = ("<!-- peak-memory-table:start -->", "<!-- peak-memory-table:end -->")
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def _peak_mib() -> float:
@@ -220,19 +222,11 @@ def main(argv=None) -> None:
     (out / f"peak_memory_{args.target}.json").write_text(json.dumps(summary, indent=1))
     (out / f"peak_memory_{args.target}.md").write_text(render(summary) + "\n")
     if args.readme:
-        write_readme(render(summary))
+        write_block(README, MARKERS, render(summary))
     print(render(summary))
 
 
-MARKERS = ("<!-- peak-memory-table:start -->", "<!-- peak-memory-table:end -->")
-README = Path(__file__).resolve().parent.parent / "README.md"
 
-
-def write_readme(block: str, readme: Path = README) -> None:
-    """Replace the README's peak-memory block with ``block`` (the table rendered from the records)."""
-    text = readme.read_text()
-    start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
-    readme.write_text(text[:start] + "\n" + block + "\n" + text[end:])
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from benchmarks.common import splice_block
 from benchmarks.metrics import dtype_effect_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -203,12 +204,7 @@ GOALS_BLOCK = "speed-goals"
 
 def splice(readme: str, block: str, setting: str) -> str:
     """README text with the setting's marked block replaced by ``block``."""
-    start, end = markers(setting)
-    if readme.count(start) != 1 or readme.count(end) != 1:
-        raise ValueError(f"README must hold exactly one {start} ... {end} block")
-    head, rest = readme.split(start)
-    _, tail = rest.split(end)
-    return f"{head}{start}\n{block}\n{end}{tail}"
+    return splice_block(readme, *markers(setting), block)
 
 
 def _has_results(setting: str, results: Path) -> bool:

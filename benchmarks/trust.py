@@ -39,7 +39,7 @@ from attribot_rag.decisions import DEFAULT_RULE, LOO_ONLY_RULE, DecisionRule
 from attribot_rag.noise import estimate
 from attribot_rag.result import ContextSupport
 
-from .common import DATA_ROOT, answer_digest, hotpot_examples
+from .common import DATA_ROOT, answer_digest, hotpot_examples, write_block
 
 OUT = Path(__file__).resolve().parent / "results"
 SPLITS = {"train": DATA_ROOT / "hotpotqa" / "train.jsonl", "dev": DATA_ROOT / "hotpotqa" / "dev.jsonl"}
@@ -513,9 +513,7 @@ def readme_block(out: Path = OUT) -> str:
 
 
 def write_readme(out: Path = OUT, readme: Path = README) -> None:
-    text = readme.read_text()
-    start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
-    readme.write_text(text[:start] + "\n" + readme_block(out) + "\n" + text[end:])
+    write_block(readme, MARKERS, readme_block(out))
 
 
 GOALS = {"top_document_gold": ">= 0.95", "top_document_gold_when_cited": "",
