@@ -42,9 +42,9 @@ def main(argv=None) -> None:
         sentence_chance += len(ex["gold_sentences"]) / sum(len(s.sentences) for s in res.sources)
         top_cite = res.citations(top_k=1)
         rows.append({
-            # ids and an answer digest only: the data (and answers quoting it) stay out of results
-            "id": ex["id"], "answer_sha256": answer_digest(res.answer),
-            "top_document": top, "gold_documents": sorted(ex["gold_documents"]), "hit": hit,
+            # ids, an answer digest and hit flags only: the data, its labels (the supporting
+            # documents) and answers quoting it stay in ../shared/data
+            "id": ex["id"], "answer_sha256": answer_digest(res.answer), "top_document": top, "hit": hit,
             "top_sentence_is_gold": bool(top_cite)
             and (top_cite[0].source_index, top_cite[0].sentence_index) in ex["gold_sentences"],
             "timing": res.timing,
