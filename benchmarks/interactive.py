@@ -94,7 +94,7 @@ def record_of(res, ex: dict, q_index: int, strategy: str, order: int, wall: floa
         "loo_forward_passes": loo["forward_passes"],
         "passes": timing.get("passes", {}),
         "top_document": top_doc, "top_document_scored_by": res.document_scores[top_doc].scored_by,
-        "gold_documents": sorted(ex["gold_documents"]), "top_document_gold": top_doc in ex["gold_documents"],
+        "top_document_gold": top_doc in ex["gold_documents"],  # a flag: the labels stay in ../shared/data
         "top_sentence": top_sentence, "top_sentence_scored_by": top[0].scored_by if top else None,
         "top_sentence_gold": bool(top) and (top[0].source_index, top[0].sentence_index) in ex["gold_sentences"],
         "load_start": load_start, "load_end": load_end, "threads": threads, "dtype": dtype,
