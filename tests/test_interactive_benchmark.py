@@ -102,6 +102,7 @@ def test_record_of_on_a_tiny_model(tiny, sources):
     assert rec["loo_forward_tokens"] > 0 and rec["support_forward_tokens"] > 0 and "documents" in rec["passes"]
     assert rec["top_document"] == max(range(3), key=lambda d: (res.document_scores[d].score, -d))
     assert rec["top_document_gold"] == (rec["top_document"] == 1)
+    assert "gold_documents" not in rec and "gold_sentences" not in rec  # the data's labels stay out of results
 
 
 def test_write_readme_replaces_only_the_block(tmp_path):
