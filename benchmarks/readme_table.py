@@ -153,8 +153,9 @@ GOAL_SPEEDUP = 20.0  # >= 20x faster than naive exact LOO ...
 
 
 def load_goals(target: str, proxy: str | None, results: Path = RESULTS) -> tuple[dict, dict]:
-    """The faithfulness runs and the same-machine timing runs of one setting, by dataset key."""
-    return load(target, proxy, results), load(target, proxy, results / TIMING)
+    """The faithfulness runs and the same-machine timing runs of one setting, by dataset key (``{}``: none yet)."""
+    timing = results / TIMING
+    return load(target, proxy, results), (load(target, proxy, timing) if _paths(target, proxy, timing) else {})
 
 
 def render_goals(main_runs: dict[str, dict], timing: dict[str, dict]) -> str:
@@ -199,7 +200,10 @@ def render_goals(main_runs: dict[str, dict], timing: dict[str, dict]) -> str:
     return "\n".join(lines).rstrip()
 
 
-GOALS_BLOCK = "speed-goals"
+GOALS_BLOCKS = {  # README block name -> the setting whose same-machine timing it shows
+    "speed-goals": "cross-tokenizer",
+    "speed-goals-same-family": "same-family",
+}
 
 
 def splice(readme: str, block: str, setting: str) -> str:
@@ -229,8 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     if not names:
         raise SystemExit(f"no faithfulness-table block in {readme_path}" if readme else f"no results in {results}")
     blocks = {name: render(load(*SETTINGS[name], results=results)) for name in names}
-    if readme and markers(GOALS_BLOCK)[0] in readme:  # the cross-tokenizer setting's same-machine timing
-        blocks[GOALS_BLOCK] = render_goals(*load_goals(*SETTINGS["cross-tokenizer"], results=results))
+    for block, setting in GOALS_BLOCKS.items():  # each setting's same-machine timing, where the README has it
+        if readme and markers(block)[0] in readme:
+            blocks[block] = render_goals(*load_goals(*SETTINGS[setting], results=results))
     if not (args.write or args.check):
         print("\n\n".join(f"{name}:\n{block}" for name, block in blocks.items()))
         return 0

@@ -81,3 +81,14 @@ def test_speed_goals_are_checked_from_the_json():
     # the committed timing: the block names the machine that timed every row
     text = readme_table.render_goals(main, timing)
     assert f"timed on {timing[ds]['machine']['cpu']}" in text
+
+
+def test_speed_goals_without_a_timing_run_say_so(tmp_path):
+    """A setting whose same-machine timing has not run yet renders a line per dataset saying so."""
+    src = readme_table.RESULTS
+    for p in src.glob("faithfulness_*_qwen2.5-coder-0.5b_proxy_smollm2-135m.json"):
+        (tmp_path / p.name).write_text(p.read_text())
+    main, timing = readme_table.load_goals("qwen2.5-coder-0.5b", "smollm2-135m", results=tmp_path)
+    assert main and timing == {}
+    text = readme_table.render_goals(main, timing)
+    assert text.splitlines()[0] == "**HotpotQA**: no same-machine timing run yet."
