@@ -196,8 +196,35 @@ def render_goals(main_runs: dict[str, dict], timing: dict[str, dict]) -> str:
             label = m["label"] + (" **(default)**" if k == default else "")
             lines.append(f"| {label} | {_num(ap)} ({n_ap}) | {_num(m['seconds'], 1)} | {_num(m['cpu_seconds'], 1)} | "
                          f"{toks:,.0f} | {x} | {_num(gen, 1)} | {goal1} | {goal2} |")
+        budget = _exact_budget(t)
+        if budget:
+            lines += ["", budget]
         lines.append("")
     return "\n".join(lines).rstrip()
+
+
+def _exact_budget(t: dict) -> str:
+    """What 20x over naive leaves an exact method: naive's forward tokens / 20 against the tokens the
+    default spends per span it scores exactly (each ablation recomputes everything after its span)."""
+    naive = next((m for m in t["methods"].values() if m.get("kind") == "naive"), None)
+    default = t["methods"].get(t["default_method"])
+    per_span = [sum(p["forward_tokens"] for p in e["methods"][t["default_method"]]["extra"]["passes"].values())
+                / (e["documents"] + e["methods"][t["default_method"]]["extra"]["n_scored"])
+                for e in t["per_example"]
+                if (e["methods"].get(t["default_method"]) or {}).get("extra", {}).get("passes")]
+    if naive is None or default is None or not per_span:
+        return ""
+    naive_tokens = sum(v["forward_tokens"] for v in naive["models"].values())
+    budget = naive_tokens / GOAL_SPEEDUP
+    cost = sum(per_span) / len(per_span)
+    fits = [(m, tok) for m in t["methods"].values()
+            if (tok := sum(v["forward_tokens"] for v in m["models"].values())) <= budget]
+    return (f"Cost model: {GOAL_SPEEDUP:.0f}x over naive leaves {budget:,.0f} forward tokens per example "
+            f"(naive's {naive_tokens:,.0f} / {GOAL_SPEEDUP:.0f}); exact LOO costs the default about {cost:,.0f} "
+            f"tokens per document or sentence it scores (each ablation recomputes the prompt after its span), "
+            f"so an exact method could score about {budget / cost:.0f} spans of the {t['mean_sentences']:.0f} "
+            f"sentences in {t['mean_documents']:.0f} documents here. Within that budget: "
+            + (", ".join(f"*{m['label']}* ({tok:,.0f})" for m, tok in fits) if fits else "no method") + ".")
 
 
 GOALS_BLOCKS = {  # README block name -> the setting whose same-machine timing it shows

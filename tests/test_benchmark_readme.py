@@ -92,3 +92,20 @@ def test_speed_goals_without_a_timing_run_say_so(tmp_path):
     assert main and timing == {}
     text = readme_table.render_goals(main, timing)
     assert text.splitlines()[0] == "**HotpotQA**: no same-machine timing run yet."
+
+
+def test_speed_goals_cost_model_is_computed_from_the_timing_json():
+    """The 20x token budget is naive's forward tokens / 20; methods are listed only when they fit it."""
+    _, timing = readme_table.load_goals("qwen2.5-coder-0.5b", "smollm2-135m")
+    t = copy.deepcopy(timing[next(iter(timing))])
+    naive = sum(v["forward_tokens"] for v in t["methods"]["naive-exact"]["models"].values())
+    text = readme_table._exact_budget(t)
+    assert f"leaves {naive / 20:,.0f} forward tokens" in text
+    fitting = [m["label"] for m in t["methods"].values()
+               if sum(v["forward_tokens"] for v in m["models"].values()) <= naive / 20]
+    assert all(f"*{label}*" in text for label in fitting)
+    assert f"*{t['methods'][t['default_method']]['label']}*" not in text
+    for m in t["methods"].values():  # every method at naive's tokens or more: none fits
+        for v in m["models"].values():
+            v["forward_tokens"] = max(v["forward_tokens"], naive)
+    assert readme_table._exact_budget(t).endswith("Within that budget: no method.")
