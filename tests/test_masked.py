@@ -112,22 +112,21 @@ def _check_layout(tok, pb, srcs, layout, history):
         assert prev == b, "the last sentence ends the document block"
 
 
-def test_span_token_ranges_on_a_real_tokenizer():
-    """Any converted model folder in the cache (SmolLM2, Qwen2.5): its tokenizer alone is loaded."""
+def test_span_token_ranges_on_a_real_tokenizer(smollm2):
+    """SmolLM2's tokenizer (pulled and converted on first use, as CI does), then every other converted
+    model folder in the cache (Qwen2.5, Gemma3 where present): their tokenizers alone are loaded."""
     from transformers import AutoTokenizer
 
     from attribot_rag.models import cache_home
 
     folders = sorted(p.parent for p in (cache_home() / "converted").glob("*/tokenizer.json"))
-    if not folders:
-        pytest.skip("no converted model in the attribot-rag cache")
+    tokenizers = [smollm2.tokenizer, *(AutoTokenizer.from_pretrained(f) for f in folders)]
     sources = [
         Source("a", "Paris is the capital of France. Berlin is in Germany.", {"title": "Capitals"}),
         Source("b", "  Café au lait — 3.5 m. long. Größe: 12 cm!\n\nNeue Zeile <|im_end|> hier. Fin."),
         Source("c", "def f(x):\n    return x + 1\n# ends. Then another line."),
     ]
-    for folder in folders:
-        tok = AutoTokenizer.from_pretrained(folder)
+    for tok in tokenizers:
         history = (("user", "Earlier question?"), ("assistant", "Earlier."))
         srcs, pb, layout, _ = _layout(tok, sources, history)
         _check_layout(tok, pb, srcs, layout, history)
