@@ -172,7 +172,8 @@ def render_goals(main_runs: dict[str, dict], timing: dict[str, dict]) -> str:
         d_ap = full.get(default, {}).get("outlier_ap", {}).get("mean", float("nan"))
         threads = t["machine"]["torch_threads"]
         lines += [
-            f"**{name}** ({t['examples']} examples timed on {t['machine']['cpu']}, {threads} torch "
+            f"**{name}** ({t['examples']} example{'' if t['examples'] == 1 else 's'} timed on {t['machine']['cpu']}, "
+            f"{threads} torch "
             f"thread{'' if threads == 1 else 's'}, mean 1-min load {_num(t['mean_load_1m'], 1)} on "
             f"{t['machine']['cpu_count']} cores; generation {t['generation_seconds']:.1f} s / example there; "
             f"outlier mAP over the faithfulness run's examples, {r['examples'] if r else 'n/a'} in all):",

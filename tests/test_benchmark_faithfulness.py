@@ -52,10 +52,11 @@ def test_answers_kept_as_digests_and_resume_computes_nothing(hotpot, tmp_path, m
 
     monkeypatch.setattr(F.Attributor, "generate", spy)
     first = F.main(_argv(hotpot, out, model_dir))
-    assert first["examples"] == 2 and len(generated) == 2
+    # an untimed warm-up generation (the first example's answer), then one per example
+    assert first["examples"] == 2 and len(generated) == 3 and generated[0] == generated[1]
     records = _records(out)
     metas = [r for r in records if r["method"] == "__example__"]
-    assert [m["answer_sha256"] for m in metas] == [F.answer_digest(a) for a in generated]
+    assert [m["answer_sha256"] for m in metas] == [F.answer_digest(a) for a in generated[1:]]
     # no answer text anywhere on disk: records, gold cache, summary
     written = [p for p in out.rglob("*") if p.suffix in {".json", ".jsonl", ".md"}]
     assert any(p.parent.name == "gold_cache" for p in written)
@@ -163,7 +164,7 @@ def test_resume_with_one_method_missing_reuses_the_answer(hotpot, tmp_path, mode
     added = [json.loads(x) for x in path.read_text().splitlines()[len(kept):]]
     # the regenerated answer's time is recorded for this machine (time ratios divide times taken on one machine)
     gen = f"__generation__ {F._cpu_model()}"
-    assert len(calls) == 1 and [(r["example"], r["method"]) for r in added] == [("ex1", gen), ("ex1", "hier-top3")]
+    assert len(calls) == 2 and [(r["example"], r["method"]) for r in added] == [("ex1", gen), ("ex1", "hier-top3")]
     assert added[0]["seconds"] > 0 and added[1]["cpu"] == F._cpu_model()
     # the same run's summary already pairs this machine's rows with that generation time
     ex1 = next(e for e in summary["per_example"] if e["id"] == "ex1")
@@ -190,3 +191,22 @@ def test_committed_results_hold_no_answer_text():
     assert len(files) > 20
     offenders = [str(p.relative_to(root)) for p in files if '"answer":' in p.read_text()]
     assert offenders == []
+
+
+def test_retime_generation_records_each_answers_time_and_runs_no_method(hotpot, tmp_path, model_dir, monkeypatch):
+    """--retime-generation: one untimed warm-up, then every recorded answer regenerated and timed; nothing else."""
+    out = tmp_path / "out"
+    F.main(_argv(hotpot, out, model_dir))
+    (path,) = out.glob("*.records.jsonl")
+    before = len(path.read_text().splitlines())
+    calls = []
+    original = F.Attributor.generate
+    monkeypatch.setattr(F.Attributor, "generate", lambda self, *a, **kw: calls.append(1) or original(self, *a, **kw))
+    ran = []
+    monkeypatch.setattr(F, "run_strategy", lambda *a, **kw: ran.append(1))
+    F.main(_argv(hotpot, out, model_dir, "--retime-generation"))
+    added = [json.loads(x) for x in path.read_text().splitlines()[before:]]
+    gen = f"__generation__ {F._cpu_model()}"
+    assert [(r["example"], r["method"]) for r in added] == [("ex0", gen), ("ex1", gen)]
+    assert len(calls) == 3 and ran == []  # the warm-up, then one timed generation per example
+    assert all(r["seconds"] > 0 for r in added)
