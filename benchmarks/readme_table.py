@@ -195,6 +195,7 @@ def render_goals(main_runs: dict[str, dict], timing: dict[str, dict]) -> str:
                 + ([f"mAP {_num(ap)} < {_num(d_ap)}"] if not good else [])))
             goal2 = "yes" if gen <= 1 else f"no: {gen:.1f}x"
             label = m["label"] + (" **(default)**" if k == default else "")
+            n_ap = n_ap if n_ap is not None else "not in the faithfulness run"
             lines.append(f"| {label} | {_num(ap)} ({n_ap}) | {_num(m['seconds'], 1)} | {_num(m['cpu_seconds'], 1)} | "
                          f"{toks:,.0f} | {x} | {_num(gen, 1)} | {goal1} | {goal2} |")
         budget = _exact_budget(t)
