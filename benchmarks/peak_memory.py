@@ -226,8 +226,5 @@ def main(argv=None) -> None:
     print(render(summary))
 
 
-
-
-
 if __name__ == "__main__":
     main()

@@ -186,7 +186,7 @@ def render_goals(main_runs: dict[str, dict], timing: dict[str, dict]) -> str:
             ap = full.get(k, {}).get("outlier_ap", {}).get("mean", float("nan"))
             n_ap = full.get(k, {}).get("examples")
             sp, spread, gen = m["speedup_vs_naive"], m.get("speedup_spread"), m["attribution_over_generation"]
-            toks = sum(v["forward_tokens"] for v in m["models"].values())
+            toks = _forward_tokens(m)
             x = _num(sp, 1) + (f" ({spread['min']:.1f}-{spread['max']:.1f})" if spread else "")
             fast = sp >= GOAL_SPEEDUP
             good = ap == ap and d_ap == d_ap and round(ap, 3) >= round(d_ap, 3)  # x == x: not NaN
@@ -205,28 +205,31 @@ def render_goals(main_runs: dict[str, dict], timing: dict[str, dict]) -> str:
     return "\n".join(lines).rstrip()
 
 
+def _forward_tokens(method: dict) -> float:
+    """A method's forward tokens per example, over every model it ran."""
+    return sum(v["forward_tokens"] for v in method["models"].values())
+
+
 def _exact_budget(t: dict) -> str:
     """What 20x over naive leaves an exact method: naive's forward tokens / 20 against the tokens the
     default spends per span it scores exactly (each ablation recomputes everything after its span)."""
     naive = next((m for m in t["methods"].values() if m.get("kind") == "naive"), None)
-    default = t["methods"].get(t["default_method"])
-    per_span = [sum(p["forward_tokens"] for p in e["methods"][t["default_method"]]["extra"]["passes"].values())
-                / (e["documents"] + e["methods"][t["default_method"]]["extra"]["n_scored"])
-                for e in t["per_example"]
-                if (e["methods"].get(t["default_method"]) or {}).get("extra", {}).get("passes")]
-    if naive is None or default is None or not per_span:
+    key = t["default_method"]
+    per_span = [sum(p["forward_tokens"] for p in run["extra"]["passes"].values())
+                / (e["documents"] + run["extra"]["n_scored"])
+                for e in t["per_example"] if (run := e["methods"].get(key)) and run.get("extra", {}).get("passes")]
+    if naive is None or not per_span:
         return ""
-    naive_tokens = sum(v["forward_tokens"] for v in naive["models"].values())
-    budget = naive_tokens / GOAL_SPEEDUP
+    budget = _forward_tokens(naive) / GOAL_SPEEDUP
     cost = sum(per_span) / len(per_span)
-    fits = [(m, tok) for m in t["methods"].values()
-            if (tok := sum(v["forward_tokens"] for v in m["models"].values())) <= budget]
+    fits = [m for m in t["methods"].values() if _forward_tokens(m) <= budget]
     return (f"Cost model: {GOAL_SPEEDUP:.0f}x over naive leaves {budget:,.0f} forward tokens per example "
-            f"(naive's {naive_tokens:,.0f} / {GOAL_SPEEDUP:.0f}); exact LOO costs the default about {cost:,.0f} "
-            f"tokens per document or sentence it scores (each ablation recomputes the prompt after its span), "
-            f"so an exact method could score about {budget / cost:.0f} spans of the {t['mean_sentences']:.0f} "
-            f"sentences in {t['mean_documents']:.0f} documents here. Within that budget: "
-            + (", ".join(f"*{m['label']}* ({tok:,.0f})" for m, tok in fits) if fits else "no method") + ".")
+            f"(naive's {_forward_tokens(naive):,.0f} / {GOAL_SPEEDUP:.0f}); exact LOO costs the default about "
+            f"{cost:,.0f} tokens per document or sentence it scores (each ablation recomputes the prompt after its "
+            f"span), so an exact method could score about {budget / cost:.0f} spans of the "
+            f"{t['mean_sentences']:.0f} sentences in {t['mean_documents']:.0f} documents here. Within that budget: "
+            + (", ".join(f"*{m['label']}* ({_forward_tokens(m):,.0f})" for m in fits) if fits else "no method")
+            + ".")
 
 
 GOALS_BLOCKS = {  # README block name -> the setting whose same-machine timing it shows

@@ -6,6 +6,7 @@ that it equals exact LOO.
 """
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,7 +120,9 @@ def test_span_token_ranges_on_a_real_tokenizer(smollm2):
 
     from attribot_rag.models import cache_home
 
-    folders = sorted(p.parent for p in (cache_home() / "converted").glob("*/tokenizer.json"))
+    loaded = Path(smollm2.tokenizer.name_or_path).resolve()
+    folders = sorted(p.parent for p in (cache_home() / "converted").glob("*/tokenizer.json")
+                     if p.parent.resolve() != loaded)  # SmolLM2's is the fixture's, not loaded twice
     tokenizers = [smollm2.tokenizer, *(AutoTokenizer.from_pretrained(f) for f in folders)]
     sources = [
         Source("a", "Paris is the capital of France. Berlin is in Germany.", {"title": "Capitals"}),
