@@ -17,13 +17,13 @@ from langchain_core.callbacks import BaseCallbackHandler, dispatch_custom_event
 from langchain_core.documents import Document
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
+from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables.config import var_child_runnable_config
 
 from ._convert import (
     ANSWER_KEYS,
     QUESTION_KEYS,
     CiteOptions,
-    chain_history,
     check_documents,
     check_history_messages,
     cite,
@@ -32,6 +32,7 @@ from ._convert import (
 from ._models import ModelLike
 from ._settings import ScorerSettings
 from .errors import ChainInputError, CitationsNotReadyError
+from .prompts import ChainPrompt, as_chain_prompt, scoring_attributor, scoring_history
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,9 @@ class AttribotCallbackHandler(BaseCallbackHandler):
         model, proxy, strategy, device, dtype, template, attributor, attributor_kwargs: the
             scoring model (see :class:`~langchain_attribot._settings.ScorerSettings`); the same
             settings as an ``AttribotCitations`` share its loaded model.
+        prompt: the chain's ``ChatPromptTemplate`` (or a ``ChainPrompt``) to score under, as in
+            ``AttribotCitations``: its other variables and its history placeholder are read from
+            the top-level input (a dict). Not with ``attributor=``.
         top_k / min_score / used_min_score / used_min_share / rule / id_key: as in ``AttribotCitations``
             (every verdict comes from the core's decision rule, ``DEFAULT_RULE`` unless ``rule`` is given).
         question_key: the top-level input key holding the question (default: auto-detected).
@@ -121,6 +125,7 @@ class AttribotCallbackHandler(BaseCallbackHandler):
         template: PromptTemplate | None = None,
         attributor: Attributor | None = None,
         attributor_kwargs: dict[str, Any] | None = None,
+        prompt: ChatPromptTemplate | ChainPrompt | None = None,
         top_k: int | None = 5,
         min_score: float = 0.0,
         used_min_score: float = UNSET,
@@ -140,6 +145,7 @@ class AttribotCallbackHandler(BaseCallbackHandler):
         self.scorer = ScorerSettings(model, proxy, strategy, device, dtype, template, attributor,
                                      dict(attributor_kwargs or {}))
         self.options = CiteOptions(top_k, min_score, used_min_score, used_min_share, id_key, rule)
+        self.prompt = as_chain_prompt(prompt, attributor)
         self.question_key = question_key
         self.history_key = history_key
         self.history_messages = check_history_messages(history_messages)
@@ -380,8 +386,9 @@ class AttribotCallbackHandler(BaseCallbackHandler):
             question = self._question(state, end_inputs)
             answer = self._answer(state, outputs)
             documents = check_documents(retrieved, "retrieved documents")
-            history = chain_history(state.inputs, self.history_key, self.history_messages)
-            cited = cite(self.scorer.resolve(), question, documents, answer, self.options, history)
+            history = scoring_history(self.prompt, state.inputs, self.history_key, self.history_messages)
+            attributor = scoring_attributor(self.scorer, self.prompt, state.inputs)
+            cited = cite(attributor, question, documents, answer, self.options, history)
         except Exception as exc:
             with self._lock:
                 self.errors[run_id] = exc

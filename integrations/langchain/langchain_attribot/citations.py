@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, ClassVar
 
-from attribot_rag import DEFAULT_MODEL, Attributor, ConfigError, PromptTemplate
+from attribot_rag import DEFAULT_MODEL, Attributor, PromptTemplate
 from attribot_rag.decisions import UNSET, DecisionRule
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable, RunnableConfig
@@ -19,7 +19,6 @@ from ._convert import (
     Cited,
     CiteOptions,
     call_options,
-    chain_history,
     check_documents,
     check_history_messages,
     cite,
@@ -32,7 +31,7 @@ from ._convert import (
 from ._models import ModelLike
 from ._settings import ScorerSettings
 from .errors import ChainInputError
-from .prompts import ChainPrompt, as_chain_prompt
+from .prompts import ChainPrompt, as_chain_prompt, scoring_attributor, scoring_history
 
 
 class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
@@ -156,10 +155,7 @@ class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
         self.scorer = ScorerSettings(model, proxy, strategy, device, dtype, template, attributor,
                                      dict(attributor_kwargs or {}))
         self.options = CiteOptions(top_k, min_score, used_min_score, used_min_share, id_key, rule)
-        self.prompt = as_chain_prompt(prompt)
-        if self.prompt is not None and attributor is not None:
-            raise ConfigError("prompt= and attributor= together: a given attributor keeps its own template; "
-                              "pass model=... (and template= for its other settings) to score under the prompt")
+        self.prompt = as_chain_prompt(prompt, attributor)
         self.question_key = question_key
         self.documents_key = documents_key
         self.answer_key = answer_key
@@ -201,7 +197,7 @@ class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
             qk = pick_key(values, self.question_key, QUESTION_KEYS, "question")
             question = question_text(values[qk], qk)
             answer = values[pick_key(values, self.answer_key, ANSWER_KEYS, "answer")]
-            history = self._history(values)
+            history = scoring_history(self.prompt, values, self.history_key, self.history_messages)
         found = tool_documents(values, [k for k in (self.history_key,) if k])
         if found and self.documents_key is None and not any(k in values for k in DOCUMENTS_KEYS):
             documents = found
@@ -209,21 +205,8 @@ class AttribotCitations(Runnable[dict[str, Any], dict[str, Any]]):
             dk = pick_key(values, self.documents_key, DOCUMENTS_KEYS, "documents (retrieved Documents)")
             documents = merge_documents(check_documents(values[dk], dk), found)
         options = options if options is not None else self.options
-        if self.prompt is None:
-            attributor = self.attributor
-        else:
-            template = self.prompt.template(values, self.scorer.template)
-            attributor = self.scorer.resolve(template, shared=not self.prompt.extra_variables)
-        return cite(attributor, question, documents, answer, options, history)
-
-    def _history(self, values: Mapping[str, Any]) -> list[dict[str, str]]:
-        """The history to score: under a chain prompt, what its history placeholder shows (none: none)."""
-        if self.prompt is None:
-            return chain_history(values, self.history_key, self.history_messages)
-        if self.prompt.history_variable is None:
-            return []
-        key = self.history_key or self.prompt.history_variable
-        return chain_history(values, key, self.history_messages) if key in values else []
+        return cite(scoring_attributor(self.scorer, self.prompt, values), question, documents, answer, options,
+                    history)
 
     def _options(self, kwargs: Mapping[str, Any]) -> CiteOptions:
         return call_options(self.options, kwargs, self._CALL_OPTIONS, type(self).__name__)

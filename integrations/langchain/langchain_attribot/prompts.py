@@ -18,14 +18,15 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from attribot_rag import ConfigError, PromptTemplate, Source
+from attribot_rag import Attributor, ConfigError, PromptTemplate, Source
 from attribot_rag.result import jsonable
 from langchain_core.documents import Document
 from langchain_core.messages import HumanMessage, convert_to_openai_messages
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables import Runnable, RunnableLambda, RunnablePassthrough
 
-from ._convert import DOCUMENTS_KEYS, HISTORY_KEYS, QUESTION_KEYS
+from ._convert import DOCUMENTS_KEYS, HISTORY_KEYS, QUESTION_KEYS, chain_history
+from ._settings import ScorerSettings
 from .errors import ChainInputError
 
 _DOCS = "\x00ATTRIBOT_DOCUMENTS\x00"
@@ -129,7 +130,7 @@ class ChainPrompt:
             elif name in values:
                 kwargs[name] = values[name]
             else:
-                raise ChainInputError(f"the chat prompt needs {name!r}, which the citation step's input lacks "
+                raise ChainInputError(f"the chat prompt needs {name!r}, which the chain's input lacks "
                                       f"(keys: {sorted(map(str, values))}): keep it in the chain's dict")
         out = []
         for i, m in enumerate(convert_to_openai_messages(self.prompt.format_messages(**kwargs), text_format="string")):
@@ -169,11 +170,39 @@ class ChainPrompt:
         return turn.user_turn("", sources, [s.text for s in sources])
 
 
-def as_chain_prompt(prompt: Any) -> ChainPrompt | None:
-    """``prompt`` as a :class:`ChainPrompt` (``None`` stays ``None``)."""
+def as_chain_prompt(prompt: Any, attributor: Attributor | None = None) -> ChainPrompt | None:
+    """``prompt`` as a :class:`ChainPrompt` (``None`` stays ``None``).
+
+    Raises:
+        ConfigError: a prompt beside a given ``attributor`` (it keeps its own template).
+    """
+    if prompt is not None and attributor is not None:
+        raise ConfigError("prompt= and attributor= together: a given attributor keeps its own template; "
+                          "pass model=... (and template= for its other settings) to score under the prompt")
     if prompt is None or isinstance(prompt, ChainPrompt):
         return prompt
     return ChainPrompt(prompt)
+
+
+def scoring_attributor(scorer: ScorerSettings, prompt: ChainPrompt | None, values: Any) -> Attributor:
+    """The attributor to score a chain's answer with: the scorer's shared one, or under the chain's
+    ``prompt`` (its other variables read from ``values``, the chain's input). The citation step and
+    the callback handler both decide here."""
+    if prompt is None:
+        return scorer.resolve()
+    template = prompt.template(values if isinstance(values, Mapping) else {}, scorer.template)
+    return scorer.resolve(template, shared=not prompt.extra_variables)
+
+
+def scoring_history(prompt: ChainPrompt | None, values: Any, key: str | None, keep: int | None) -> list[dict[str, str]]:
+    """The earlier turns to score: without a chain prompt, the history in ``values`` (``key``, else
+    ``chat_history``/``history``); under one, only what its history placeholder shows (none: none)."""
+    if prompt is None:
+        return chain_history(values, key, keep)
+    if prompt.history_variable is None:
+        return []
+    key = key or prompt.history_variable
+    return chain_history(values, key, keep) if isinstance(values, Mapping) and key in values else []
 
 
 def create_cited_rag_chain(

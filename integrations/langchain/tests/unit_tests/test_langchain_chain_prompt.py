@@ -21,9 +21,15 @@ from langchain_core.messages import (
     convert_to_openai_messages,
 )
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
-from langchain_core.runnables import RunnableLambda
+from langchain_core.runnables import RunnableLambda, RunnableParallel, RunnablePassthrough
 
-from langchain_attribot import AttribotCitations, ChainInputError, ChainPrompt, create_cited_rag_chain
+from langchain_attribot import (
+    AttribotCallbackHandler,
+    AttribotCitations,
+    ChainInputError,
+    ChainPrompt,
+    create_cited_rag_chain,
+)
 from langchain_attribot._convert import history_messages, to_sources
 
 from .conftest import ANSWER, LOO_RULE, QUESTION
@@ -107,6 +113,32 @@ def test_create_cited_rag_chain_sends_the_llm_the_prompt_it_scores(lc_tiny, retr
         {"question": QUESTION, "context": docs, "answer": ANSWER, "chat_history": HISTORY})
     assert out["citations"] == ref["citations"]
     assert chain.invoke(QUESTION)["answer"].text == ANSWER  # a bare question works too
+
+
+def test_the_callback_handler_scores_under_the_chain_prompt(lc_tiny, lc_attributor, retriever):
+    prompt = ChatPromptTemplate.from_messages([
+        ("system", "Answer in {language} from these documents:\n\n{documents}"),
+        MessagesPlaceholder("chat_history", optional=True),
+        ("human", "{question}"),
+    ])
+    chain = create_cited_rag_chain(retriever, RunnableLambda(lambda _: AIMessage(ANSWER)), prompt, model=lc_tiny,
+                                   top_k=None, rule=LOO_RULE)
+    under = AttribotCallbackHandler(lc_tiny, prompt=prompt, top_k=None, rule=LOO_RULE)
+    fixed = AttribotCallbackHandler(lc_tiny, top_k=None, rule=LOO_RULE)
+    inputs = {"question": QUESTION, "chat_history": HISTORY, "language": "French"}
+    out = chain.invoke(inputs, config={"callbacks": [under, fixed]})
+    assert out["citations"] and under.latest["citations"] == out["citations"]  # the step's prompt, variables, history
+    assert [c["score"] for c in fixed.latest["citations"]] != pytest.approx([c["score"] for c in out["citations"]])
+    english = chain.invoke({**inputs, "language": "English"}, config={"callbacks": [under]})
+    assert under.latest["citations"] == english["citations"] != out["citations"]
+    # a chain whose top-level input (a bare question) lacks the prompt's variable: stored by run id, the chain goes on
+    plain = RunnableParallel(context=retriever, question=RunnablePassthrough()) | RunnablePassthrough.assign(
+        answer=RunnableLambda(lambda _: AIMessage(ANSWER)))
+    assert plain.invoke(QUESTION, config={"callbacks": [under]})["answer"].text == ANSWER
+    with pytest.raises(ChainInputError, match="needs 'language'"):
+        _ = under.latest
+    with pytest.raises(ConfigError, match="attributor"):
+        AttribotCallbackHandler(attributor=lc_attributor, prompt=prompt)
 
 
 def test_other_prompt_variables_come_from_the_input(lc_tiny, values):
