@@ -386,8 +386,10 @@ class AttribotCallbackHandler(BaseCallbackHandler):
             question = self._question(state, end_inputs)
             answer = self._answer(state, outputs)
             documents = check_documents(retrieved, "retrieved documents")
-            history = scoring_history(self.prompt, state.inputs, self.history_key, self.history_messages)
-            attributor = scoring_attributor(self.scorer, self.prompt, state.inputs)
+            # a streamed run starts with a placeholder input ({"input": ""}): its end holds the real one
+            values = end_inputs if isinstance(end_inputs, Mapping) else state.inputs
+            history = scoring_history(self.prompt, values, self.history_key, self.history_messages)
+            attributor = scoring_attributor(self.scorer, self.prompt, values)
             cited = cite(attributor, question, documents, answer, self.options, history)
         except Exception as exc:
             with self._lock:

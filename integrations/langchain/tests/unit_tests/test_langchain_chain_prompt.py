@@ -131,6 +131,8 @@ def test_the_callback_handler_scores_under_the_chain_prompt(lc_tiny, lc_attribut
     assert [c["score"] for c in fixed.latest["citations"]] != pytest.approx([c["score"] for c in out["citations"]])
     english = chain.invoke({**inputs, "language": "English"}, config={"callbacks": [under]})
     assert under.latest["citations"] == english["citations"] != out["citations"]
+    list(chain.stream(inputs, config={"callbacks": [under]}))  # streamed: the input arrives at the run's end
+    assert under.latest["citations"] == out["citations"]
     # a chain whose top-level input (a bare question) lacks the prompt's variable: stored by run id, the chain goes on
     plain = RunnableParallel(context=retriever, question=RunnablePassthrough()) | RunnablePassthrough.assign(
         answer=RunnableLambda(lambda _: AIMessage(ANSWER)))
