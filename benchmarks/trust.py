@@ -140,7 +140,13 @@ def judge_log_odds(att: Attributor, question: str, sources: Sequence[Source], an
 
 
 # ---------------------------------------------------------------------------- records
+def run_name(model: str, strategy: str = "auto") -> str:
+    """A run's name in its file names: the model, plus the strategy when it is not the default."""
+    return model if strategy in ("auto", "hierarchical") else f"{model}_{strategy}"
+
+
 def records_path(model: str, out: Path = OUT) -> Path:
+    """``model``: a :func:`run_name`."""
     return out / f"trust_records_{model}.jsonl"
 
 
@@ -203,8 +209,8 @@ def run(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    att = Attributor(args.model, dtype=args.dtype)
-    path = records_path(args.model, Path(args.out))
+    att = Attributor(args.model, dtype=args.dtype, strategy=args.strategy)
+    path = records_path(run_name(args.model, args.strategy), Path(args.out))
     path.parent.mkdir(parents=True, exist_ok=True)
     done = load_records(path)
     rows = examples(args.split, args.max_docs)[args.offset: args.offset + args.n]
@@ -461,12 +467,14 @@ def calibrate(args: argparse.Namespace) -> None:
 def report(args: argparse.Namespace) -> None:
     out = Path(args.out)
     for path in sorted(out.glob("trust_records_*.jsonl")):
-        model = path.stem[len("trust_records_"):]
-        train, dev = (_pairs(model, s, args.max_docs, out) for s in ("train", "dev"))
+        name = path.stem[len("trust_records_"):]  # the model, or model_strategy for another strategy
+        train, dev = (_pairs(name, s, args.max_docs, out) for s in ("train", "dev"))
         if not dev:
             continue
-        # the judge's threshold comes from this model's train records (none: 0, i.e. "yes" likelier than "no")
-        thr = best_judge_threshold(train)
+        model, strategy = dev[0][0]["support"]["scored_by"], dev[0][0]["strategy"]
+        # the judge's threshold comes from this model's train records (none: 0, i.e. "yes" likelier than "no");
+        # the judge does not depend on the strategy, so another strategy's run takes the model's own
+        thr = best_judge_threshold(train or (_pairs(model, "train", args.max_docs, out) if name != model else []))
         methods = {
             "attribot-rag default rule": evaluate(dev, "rule", DEFAULT_RULE),
             "LOO only, 0.1 nats and 5% (0.1 rule)": evaluate(dev, "rule", LOO_ONLY_RULE),
@@ -474,13 +482,25 @@ def report(args: argparse.Namespace) -> None:
             f"prompted judge (log-odds > {thr:.2f}{', from train' if train else ''})":
                 evaluate(dev, "judge", judge_threshold=thr),
         }
+        if name != model:  # another strategy: the default's verdicts on the same questions, for a matched comparison
+            asked = {(r["id"], r["condition"]) for r, _ in dev}
+            base = [(r, e) for r, e in _pairs(model, "dev", args.max_docs, out) if (r["id"], r["condition"]) in asked]
+            if len(base) == len(dev):
+                own = methods.pop("attribot-rag default rule")
+                methods = {f"default rule on `{base[0][0]['strategy']}` scores, same questions":
+                           evaluate(base, "rule", DEFAULT_RULE), f"default rule on `{strategy}` scores": own,
+                           **methods}
         recs = [r for r, _ in dev]
         costs = [r["support_seconds"] / r["seconds"] for r in recs if r.get("support_seconds") and r["seconds"]]
         summary = {
-            "model": model, "data": "HotpotQA dev (shared/data), yes/no questions skipped",
+            "model": model, "strategy": strategy,
+            # the spans' own labels say whether their scores are approximate (masked LOO, within kept documents)
+            "approximate_loo": any("approximate" in v[1] or "within kept" in v[1] for r, _ in dev
+                                   for v in [*r["documents"], *(x for row in r["sentences"] for x in row)]),
+            "data": "HotpotQA dev (shared/data), yes/no questions skipped",
             "max_docs": args.max_docs, "examples": len(dev) // len(CONDITIONS),
             "calibration_examples": len(train) // len(CONDITIONS), "rule": DEFAULT_RULE.__dict__,
-            "dtype": recs[0]["noise"]["dtype"], "noise": noise_summary(model, out),
+            "dtype": recs[0]["noise"]["dtype"], "noise": noise_summary(name, out),
             "methods": methods,
             # HotpotQA's question types: a comparison answer ("Who was older, X or Y?") is named in the
             # question, so the context barely changes its likelihood; a bridge answer is read from a paragraph
@@ -493,7 +513,7 @@ def report(args: argparse.Namespace) -> None:
             "machine_load_1m_median": statistics.median(
                 r["machine"]["load_1m"] for r in recs if r["machine"].get("load_1m") is not None),
         }
-        stem = f"trust_{model}"
+        stem = f"trust_{name}"
         (out / f"{stem}.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         (out / f"{stem}.md").write_text(render_markdown(summary) + "\n")
         print(render_markdown(summary))
@@ -530,7 +550,11 @@ def render_markdown(summary: dict) -> str:
     names = list(summary["methods"])
     cal = (f"thresholds chosen on {summary['calibration_examples']} of its train questions"
            if summary["calibration_examples"] else "the default rule as shipped (chosen on SmolLM2-135M's train runs)")
-    lines = [f"**{summary['model']}** ({summary['dtype']}), {summary['examples']} HotpotQA dev questions x 3 "
+    strategy = summary.get("strategy", "hierarchical")
+    scores = "" if strategy == "hierarchical" else f", strategy `{strategy}`" + (
+        " (approximate leave-one-out scores; the support and sufficiency passes exact)"
+        if summary.get("approximate_loo") else "")
+    lines = [f"**{summary['model']}** ({summary['dtype']}){scores}, {summary['examples']} HotpotQA dev questions x 3 "
              f"conditions, {summary['max_docs']} paragraphs; {cal}.",
              "", "| metric | goal | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for key, goal in GOALS.items():
@@ -552,6 +576,9 @@ def render_markdown(summary: dict) -> str:
                   "|---|---|" + "---|" * len(keys)]
         lines += [f"| {t} | {m['n']['correct']} | " + " | ".join(_f(m[k]) for k in keys) + " |"
                   for t, m in types.items()]
+    if any(m.endswith(", same questions") for m in names):
+        lines += ["", "The same-questions column re-reads the default strategy's committed records: its seconds were "
+                      "timed in that run (another time, load or machine), so compare seconds within one column."]
     auc, cost = summary.get("support_auc"), summary.get("support_cost")
     if auc:
         lines += ["", "Separability of correct from made-up answers (AUC, 1 = perfect, threshold-free): "
@@ -575,6 +602,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--readme", action="store_true", help="report: also rewrite the README's trust block")
     ap.add_argument("--noise-strategy", default="documents", help="noise: the strategy both dtypes run")
+    ap.add_argument("--strategy", default="auto",
+                    help="run: the attribution strategy (another than the default writes trust_records_MODEL_STRATEGY)")
     ap.add_argument("--out", default=str(OUT))
     return ap.parse_args(argv)
 

@@ -296,3 +296,17 @@ def test_readme_trust_block_is_generated_from_the_committed_json():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     start, end = readme.index(trust.MARKERS[0]) + len(trust.MARKERS[0]), readme.index(trust.MARKERS[1])
     assert readme[start:end].strip() == trust.readme_block().strip()
+
+
+def test_trust_runs_of_another_strategy_are_named_and_labelled():
+    import json
+    from pathlib import Path
+
+    from benchmarks import trust
+
+    assert trust.run_name("m") == trust.run_name("m", "hierarchical") == "m"
+    assert trust.records_path(trust.run_name("m", "masked"), Path("x")).name == "trust_records_m_masked.jsonl"
+    summary = json.loads((trust.OUT / "trust_smollm2-135m.json").read_text())
+    assert "strategy `" not in trust.render_markdown(summary)  # the default's table reads as before
+    masked = trust.render_markdown({**summary, "strategy": "masked", "approximate_loo": True})
+    assert "strategy `masked` (approximate leave-one-out scores; the support and sufficiency passes exact)" in masked
