@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from attribot_rag import AttributionResult, Attributor, Source, SpanScore, split_text
+from attribot_rag.attributor import is_within_kept
 from attribot_rag.decisions import DEFAULT_RULE, LOO_ONLY_RULE, DecisionRule
+from attribot_rag.masked import is_approximate
 from attribot_rag.noise import estimate
 from attribot_rag.result import ContextSupport
 
@@ -495,7 +497,7 @@ def report(args: argparse.Namespace) -> None:
         summary = {
             "model": model, "strategy": strategy,
             # the spans' own labels say whether their scores are approximate (masked LOO, within kept documents)
-            "approximate_loo": any("approximate" in v[1] or "within kept" in v[1] for r, _ in dev
+            "approximate_loo": any(is_approximate(v[1]) or is_within_kept(v[1]) for r, _ in dev
                                    for v in [*r["documents"], *(x for row in r["sentences"] for x in row)]),
             "data": "HotpotQA dev (shared/data), yes/no questions skipped",
             "max_docs": args.max_docs, "examples": len(dev) // len(CONDITIONS),
