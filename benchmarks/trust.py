@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from attribot_rag import AttributionResult, Attributor, Source, SpanScore, split_text
-from attribot_rag.attributor import is_within_kept
+from attribot_rag.attributor import is_within_kept, resolve_strategy
 from attribot_rag.decisions import DEFAULT_RULE, LOO_ONLY_RULE, DecisionRule
 from attribot_rag.masked import is_approximate
 from attribot_rag.noise import estimate
@@ -142,9 +142,12 @@ def judge_log_odds(att: Attributor, question: str, sources: Sequence[Source], an
 
 
 # ---------------------------------------------------------------------------- records
+DEFAULT_STRATEGY = resolve_strategy("auto", has_proxy=False).name  # what a run without --strategy scores with
+
+
 def run_name(model: str, strategy: str = "auto") -> str:
     """A run's name in its file names: the model, plus the strategy when it is not the default."""
-    return model if strategy in ("auto", "hierarchical") else f"{model}_{strategy}"
+    return model if resolve_strategy(strategy, has_proxy=False).name == DEFAULT_STRATEGY else f"{model}_{strategy}"
 
 
 def records_path(model: str, out: Path = OUT) -> Path:
@@ -552,8 +555,8 @@ def render_markdown(summary: dict) -> str:
     names = list(summary["methods"])
     cal = (f"thresholds chosen on {summary['calibration_examples']} of its train questions"
            if summary["calibration_examples"] else "the default rule as shipped (chosen on SmolLM2-135M's train runs)")
-    strategy = summary.get("strategy", "hierarchical")
-    scores = "" if strategy == "hierarchical" else f", strategy `{strategy}`" + (
+    strategy = summary.get("strategy", DEFAULT_STRATEGY)
+    scores = "" if strategy == DEFAULT_STRATEGY else f", strategy `{strategy}`" + (
         " (approximate leave-one-out scores; the support and sufficiency passes exact)"
         if summary.get("approximate_loo") else "")
     lines = [f"**{summary['model']}** ({summary['dtype']}){scores}, {summary['examples']} HotpotQA dev questions x 3 "

@@ -314,19 +314,18 @@ class AttribotCallbackHandler(BaseCallbackHandler):
         return state
 
     # ------------------------------------------------------------------ citing
-    def _question(self, state: _RunState, end_inputs: Any) -> str:
-        for inputs in (state.inputs, end_inputs):
-            if isinstance(inputs, (str, BaseMessage)):
-                try:
-                    return question_text(inputs)
-                except ChainInputError:
-                    continue
-            if isinstance(inputs, Mapping):
-                keys = (self.question_key,) if self.question_key else QUESTION_KEYS
-                for k in keys:
-                    value = inputs.get(k)
-                    if isinstance(value, (str, BaseMessage)) and str(getattr(value, "text", value)).strip():
-                        return question_text(value, k)
+    def _question(self, state: _RunState, inputs: Any) -> str:
+        if isinstance(inputs, (str, BaseMessage)):
+            try:
+                return question_text(inputs)
+            except ChainInputError:
+                pass
+        if isinstance(inputs, Mapping):
+            keys = (self.question_key,) if self.question_key else QUESTION_KEYS
+            for k in keys:
+                value = inputs.get(k)
+                if isinstance(value, (str, BaseMessage)) and str(getattr(value, "text", value)).strip():
+                    return question_text(value, k)
         if state.query:
             return state.query
         raise ChainInputError(
@@ -383,13 +382,13 @@ class AttribotCallbackHandler(BaseCallbackHandler):
                     "no documents to cite: no retriever returned documents in this run (the handler reads "
                     "them from on_retriever_end; documents fetched outside a retriever are invisible to it)"
                 )
-            question = self._question(state, end_inputs)
+            # the top-level input: a streamed run starts with a placeholder ({"input": ""}) and ends with the real one
+            inputs = end_inputs if end_inputs is not None else state.inputs
+            question = self._question(state, inputs)
             answer = self._answer(state, outputs)
             documents = check_documents(retrieved, "retrieved documents")
-            # a streamed run starts with a placeholder input ({"input": ""}): its end holds the real one
-            values = end_inputs if isinstance(end_inputs, Mapping) else state.inputs
-            history = scoring_history(self.prompt, values, self.history_key, self.history_messages)
-            attributor = scoring_attributor(self.scorer, self.prompt, values)
+            history = scoring_history(self.prompt, inputs, self.history_key, self.history_messages)
+            attributor = scoring_attributor(self.scorer, self.prompt, inputs)
             cited = cite(attributor, question, documents, answer, self.options, history)
         except Exception as exc:
             with self._lock:
