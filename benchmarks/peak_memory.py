@@ -115,7 +115,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "attribution_seconds": seconds - support["seconds"], "support": support,
         "models": res.timing["models"], "passes": res.timing["passes"],
         "top_document": top.source_index if top else None,
-        "torch_threads": torch.get_num_threads(), "load_1m": os.getloadavg()[0],
+        "torch_threads": torch.get_num_threads(), "load_1m": os.getloadavg()[0], "cpus": os.cpu_count(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -136,11 +136,13 @@ def load_records(path: Path, fp: str) -> dict[str, dict]:
 
 
 def _load_note(runs: list[dict]) -> str:
-    """The 1-minute load average read as each timed run ended (on 2 cores, two 1-thread jobs read ~2)."""
+    """The 1-minute load average read as each timed run ended, and the machine's cores where the records say."""
     loads = [r["load_1m"] for r in runs if r.get("load_1m") is not None]
     if not loads:
         return ""
-    return f"; 1-min load average {min(loads):.1f}-{max(loads):.1f} on 2 cores as the runs ended"
+    cpus = {r.get("cpus") for r in runs if r.get("load_1m") is not None}
+    cores = f" on {cpus.pop()} cores" if len(cpus) == 1 and None not in cpus else ""
+    return f"; 1-min load average {min(loads):.1f}-{max(loads):.1f}{cores} as the runs ended"
 
 
 def render(summary: dict) -> str:
